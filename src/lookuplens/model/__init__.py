@@ -1,0 +1,26 @@
+"""Model adapter: load a Hugging Face causal LM and hook its heads and neurons."""
+
+from lookuplens.model.adapter import LoadedModel, NormParams, from_hf, load_model, resolve_device
+from lookuplens.model.arch import (
+    ArchSpec,
+    register_architecture,
+    spec_for,
+    supported_model_types,
+)
+from lookuplens.model.hooks import POINTS, HookFn, hook_name, parse_hook_name
+
+__all__ = [
+    "POINTS",
+    "ArchSpec",
+    "HookFn",
+    "LoadedModel",
+    "NormParams",
+    "from_hf",
+    "hook_name",
+    "load_model",
+    "parse_hook_name",
+    "register_architecture",
+    "resolve_device",
+    "spec_for",
+    "supported_model_types",
+]
