@@ -16,7 +16,9 @@ from lookuplens.neurons import NeuronsConfig, find_neurons, layer_congruence, tr
 
 @pytest.mark.parametrize("fam", ["gpt2", "llama"])
 @pytest.mark.parametrize("mode", ["folded", "raw"])
-def test_congruence_equals_hand_computation(tiny_dirs: dict[str, Path], fam: str, mode: str) -> None:
+def test_congruence_equals_hand_computation(
+    tiny_dirs: dict[str, Path], fam: str, mode: str
+) -> None:
     lm = load_model(tiny_dirs[fam], device="cpu")
     cfg = NeuronsConfig(congruence=mode, neuron_block=7, vocab_block=33)  # uneven blocks
     layer = 1
@@ -33,8 +35,9 @@ def test_congruence_equals_hand_computation(tiny_dirs: dict[str, Path], fam: str
     np.testing.assert_allclose(lc.top_value, full.max(axis=1), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(lc.top_token, full.argmax(axis=1))
     np.testing.assert_allclose(lc.skew, stats.skew(full, axis=1), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(lc.kurtosis, stats.kurtosis(full, axis=1, fisher=False),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        lc.kurtosis, stats.kurtosis(full, axis=1, fisher=False), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_selection_follows_filter_and_baseline_is_disjoint(tiny_dirs: dict[str, Path]) -> None:
@@ -49,7 +52,9 @@ def test_selection_follows_filter_and_baseline_is_disjoint(tiny_dirs: dict[str, 
         ok = g.token.str.startswith(" ") & (g.token.str.len() > 2)
         rest = g[ok & ~g.selected]
         if len(rest):
-            assert (g.selected.sum() == 4) and g[g.selected].congruence.min() >= rest.congruence.max()
+            assert (g.selected.sum() == 4) and g[
+                g.selected
+            ].congruence.min() >= rest.congruence.max()
     table = find_neurons(lm, NeuronsConfig(top_n=4, seed=3, token_filter="none")).to_pandas()
     assert (table[table.selected].groupby("layer").size() == 4).all()
     assert not (table.selected & table.baseline).any()
@@ -70,7 +75,7 @@ def test_token_targeted_selection(tiny_dirs: dict[str, Path]) -> None:
     table = find_neurons(lm, NeuronsConfig(top_n=2, tokens=(" an",), layers=(-1,))).to_pandas()
     sel = table[table.selected]
     assert len(sel) == 2 and (sel.target_token_id == an[0]).all()
-    w = (lm.W_out(1).double() - lm.W_out(1).double().mean(1, keepdim=True))
+    w = lm.W_out(1).double() - lm.W_out(1).double().mean(1, keepdim=True)
     w_u = lm.final_norm.weight.double()[:, None] * lm.W_U.double()
     col = (w @ (w_u - w_u.mean(1, keepdim=True)))[:, an[0]]
     assert set(sel.neuron) == set(torch.topk(col, 2).indices.tolist())

@@ -22,6 +22,10 @@ class UnsupportedArchitectureError(UserError):
     """The model's architecture has no entry in the architecture table."""
 
 
+class ContextLengthError(UserError):
+    """An input is longer than the model's context window."""
+
+
 class CorpusError(UserError):
     """A corpus source is missing, empty, or unreadable."""
 

@@ -103,7 +103,9 @@ def resolve_layers(lm: LoadedModel, layers: tuple[int, ...] | None) -> list[int]
     return sorted(set(out))
 
 
-def unembed_matrix(lm: LoadedModel, mode: Literal["folded", "raw"]) -> Float[Tensor, "d_model d_vocab"]:
+def unembed_matrix(
+    lm: LoadedModel, mode: Literal["folded", "raw"]
+) -> Float[Tensor, "d_model d_vocab"]:
     """W_U as the congruence reads it (float32)."""
     w_u = lm.W_U.detach().float()
     if mode == "raw":
@@ -113,7 +115,9 @@ def unembed_matrix(lm: LoadedModel, mode: Literal["folded", "raw"]) -> Float[Ten
     return w_u - w_u.mean(dim=1, keepdim=True)
 
 
-def out_matrix(lm: LoadedModel, layer: int, mode: Literal["folded", "raw"]) -> Float[Tensor, "d_mlp d_model"]:
+def out_matrix(
+    lm: LoadedModel, layer: int, mode: Literal["folded", "raw"]
+) -> Float[Tensor, "d_mlp d_model"]:
     """W_out of a layer as the congruence reads it (float32)."""
     w = lm.W_out(layer).detach().float()
     if mode == "folded" and lm.spec.norm == "layernorm":
@@ -215,10 +219,23 @@ def find_neurons(
     w_u = unembed_matrix(lm, cfg.congruence)
     vocab_str = {i: lm.token_str(i) for i in range(lm.d_vocab)} if lm.d_vocab <= 300_000 else {}
     rng = np.random.default_rng(cfg.seed)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "layer", "neuron", "token_id", "congruence", "congruence_z", "vocab_kurtosis",
-        "vocab_skew", "vocab_mean", "vocab_std", "selected", "baseline", "target_token_id",
-    )}
+    cols: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in (
+            "layer",
+            "neuron",
+            "token_id",
+            "congruence",
+            "congruence_z",
+            "vocab_kurtosis",
+            "vocab_skew",
+            "vocab_mean",
+            "vocab_std",
+            "selected",
+            "baseline",
+            "target_token_id",
+        )
+    }
     tokens_col: list[str] = []
     for i, layer in enumerate(layers):
         lc = layer_congruence(lm, layer, cfg, w_u, token_ids)
@@ -272,10 +289,8 @@ def find_neurons(
         cols["selected"].append(selected)
         cols["baseline"].append(baseline)
         cols["target_token_id"].append(target)
-        tokens_col.extend(
-            vocab_str.get(int(t)) or lm.token_str(int(t)) for t in lc.top_token
-        )
-        log.info("layer %d: %d selected, %d baseline", layer, selected.sum(), baseline.sum())
+        tokens_col.extend(vocab_str.get(int(t)) or lm.token_str(int(t)) for t in lc.top_token)
+        log.debug("layer %d: %d selected, %d baseline", layer, selected.sum(), baseline.sum())
         if on_layer is not None:
             on_layer(i + 1, len(layers))
     data = {k: np.concatenate(v) for k, v in cols.items()}

@@ -34,8 +34,15 @@ def batch(lm: LoadedModel) -> tuple[Tensor, Tensor]:
 
 def all_points(lm: LoadedModel) -> list[str]:
     points = [
-        "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_in", "hook_mlp_out",
-        "attn.hook_z", "attn.hook_result", "mlp.hook_pre", "mlp.hook_post",
+        "hook_resid_pre",
+        "hook_resid_post",
+        "hook_attn_out",
+        "hook_mlp_in",
+        "hook_mlp_out",
+        "attn.hook_z",
+        "attn.hook_result",
+        "mlp.hook_pre",
+        "mlp.hook_post",
     ]
     if not lm.parallel_residual:
         points.append("hook_resid_mid")
@@ -45,9 +52,7 @@ def all_points(lm: LoadedModel) -> list[str]:
 
 
 def count_hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def test_capture_hooks_leave_logits_identical(lm: LoadedModel) -> None:
@@ -61,8 +66,11 @@ def test_capture_hooks_leave_logits_identical(lm: LoadedModel) -> None:
 
 def test_head_results_sum_to_attention_output(lm: LoadedModel) -> None:
     ids, mask = batch(lm)
-    names = [hook_name(layer, p) for layer in range(lm.n_layers)
-             for p in ("attn.hook_result", "hook_attn_out")]
+    names = [
+        hook_name(layer, p)
+        for layer in range(lm.n_layers)
+        for p in ("attn.hook_result", "hook_attn_out")
+    ]
     _, cache = lm.run_with_cache(ids, names, attention_mask=mask)
     for layer in range(lm.n_layers):
         result = cache[hook_name(layer, "attn.hook_result")]
@@ -71,8 +79,9 @@ def test_head_results_sum_to_attention_output(lm: LoadedModel) -> None:
         b = lm.b_O(layer)
         if b is not None:
             total = total + b
-        torch.testing.assert_close(total, cache[hook_name(layer, "hook_attn_out")],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            total, cache[hook_name(layer, "hook_attn_out")], atol=1e-5, rtol=0
+        )
 
 
 def test_neuron_activations_recompute_from_normed_input(lm: LoadedModel) -> None:
@@ -81,8 +90,9 @@ def test_neuron_activations_recompute_from_normed_input(lm: LoadedModel) -> None
     for layer in range(lm.n_layers):
         x = cache[hook_name(layer, "hook_mlp_in")]
         # the MLP input is the MLP norm of the stream the MLP reads
-        stream = cache[hook_name(layer, "hook_resid_pre" if lm.parallel_residual
-                                 else "hook_resid_mid")]
+        stream = cache[
+            hook_name(layer, "hook_resid_pre" if lm.parallel_residual else "hook_resid_mid")
+        ]
         torch.testing.assert_close(lm.mlp_norm(layer)(stream), x, atol=1e-6, rtol=0)
         pre = x @ lm.W_in(layer).T
         if lm.b_in(layer) is not None:
@@ -95,13 +105,13 @@ def test_neuron_activations_recompute_from_normed_input(lm: LoadedModel) -> None
             if lm.b_up(layer) is not None:
                 lin = lin + lm.b_up(layer)
             post = post * lin
-        torch.testing.assert_close(post, cache[hook_name(layer, "mlp.hook_post")],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            post, cache[hook_name(layer, "mlp.hook_post")], atol=1e-5, rtol=0
+        )
         out = post @ lm.W_out(layer)
         if lm.b_out(layer) is not None:
             out = out + lm.b_out(layer)
-        torch.testing.assert_close(out, cache[hook_name(layer, "hook_mlp_out")],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(out, cache[hook_name(layer, "hook_mlp_out")], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("via", ["attn.hook_z", "attn.hook_result"])
@@ -128,8 +138,9 @@ def test_zeroing_a_head_matches_hand_computation(lm: LoadedModel, via: str) -> N
         x[:, :, head] = 0
         return x
 
-    logits, _ = lm.run_with_cache(ids, [], attention_mask=mask,
-                                  extra_hooks=[(hook_name(last, via), zero)])
+    logits, _ = lm.run_with_cache(
+        ids, [], attention_mask=mask, extra_hooks=[(hook_name(last, via), zero)]
+    )
     assert logits is not None
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(logits, lm.forward(ids, mask), atol=1e-4)
@@ -146,8 +157,7 @@ def test_scaling_a_neuron_changes_mlp_output_by_its_vector(lm: LoadedModel) -> N
         x[..., n] *= k
         return x
 
-    _, new = lm.run_with_cache(ids, names, attention_mask=mask,
-                               extra_hooks=[(names[0], scale)])
+    _, new = lm.run_with_cache(ids, names, attention_mask=mask, extra_hooks=[(names[0], scale)])
     act = base[names[0]][..., n : n + 1]
     expected = base[names[1]] + (k - 1) * act * lm.W_out(layer)[n]
     torch.testing.assert_close(new[names[1]], expected, atol=1e-5, rtol=0)
@@ -163,8 +173,9 @@ def test_no_hook_remains_after_exit_or_exception(lm: LoadedModel) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        lm.run_with_cache(ids, all_points(lm),
-                          extra_hooks=[(hook_name(lm.n_layers - 1, "mlp.hook_post"), boom)])
+        lm.run_with_cache(
+            ids, all_points(lm), extra_hooks=[(hook_name(lm.n_layers - 1, "mlp.hook_post"), boom)]
+        )
     assert count_hooks(lm.hf) == before
     with pytest.raises(ValueError), lm.hooks([(hook_name(0, "mlp.hook_post"), boom)]):
         assert count_hooks(lm.hf) > before
@@ -191,8 +202,11 @@ def test_stop_after_layer_skips_the_rest(lm: LoadedModel) -> None:
     n0 = hook_name(0, "mlp.hook_post")
     full_logits, full = lm.run_with_cache(ids, [n0], attention_mask=mask)
     logits, part = lm.run_with_cache(
-        ids, [n0, hook_name(lm.n_layers - 1, "mlp.hook_post")], attention_mask=mask,
-        stop_after_layer=0)
+        ids,
+        [n0, hook_name(lm.n_layers - 1, "mlp.hook_post")],
+        attention_mask=mask,
+        stop_after_layer=0,
+    )
     assert logits is None and full_logits is not None
     assert torch.equal(part[n0], full[n0])
     assert hook_name(lm.n_layers - 1, "mlp.hook_post") not in part
@@ -228,8 +242,13 @@ def test_uncached_hub_id_offline_says_how_to_fix(monkeypatch: pytest.MonkeyPatch
 def test_unsupported_architecture_lists_supported(tmp_path: Path) -> None:
     from transformers import BertConfig
 
-    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=8).save_pretrained(tmp_path)
+    BertConfig(
+        vocab_size=10,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+    ).save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
     with pytest.raises(UnsupportedArchitectureError, match="gpt2.*gpt_neox.*llama"):
         load_model(tmp_path, device="cpu")

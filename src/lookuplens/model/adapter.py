@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lookuplens.errors import ModelLoadError
+from lookuplens.errors import ContextLengthError, ModelLoadError
 from lookuplens.model.arch import ArchSpec, spec_for
 from lookuplens.model.hooks import HookFn, parse_hook_name
 
@@ -270,7 +270,9 @@ class LoadedModel:
 
             return mod.register_forward_pre_hook(pre, with_kwargs=True)
 
-        def on_output(mod: nn.Module, index: int | None = None) -> torch.utils.hooks.RemovableHandle:
+        def on_output(
+            mod: nn.Module, index: int | None = None
+        ) -> torch.utils.hooks.RemovableHandle:
             def post(_m: nn.Module, _args: tuple, out: Any) -> Any:
                 if index is None and isinstance(out, Tensor):
                     new = chain(out)
@@ -365,12 +367,23 @@ class LoadedModel:
         return [proj.register_forward_pre_hook(pre), proj.register_forward_hook(post)]
 
     # ------------------------------------------------------------------ running
+    def check_length(self, input_ids: Tensor) -> None:
+        """Refuse inputs longer than the model's context window, with the fix."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.max_context:
+            raise ContextLengthError(
+                f"input of {input_ids.shape[1]} tokens is longer than the model's context "
+                f"window of {self.max_context} tokens; shorten it"
+            )
+
     def forward(
         self,
         input_ids: Int[Tensor, "batch pos"],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Plain forward pass; returns the logits."""
+        self.check_length(input_ids)
         with torch.no_grad():
             out = self.hf(
                 input_ids=input_ids.to(self.device),
@@ -394,6 +407,7 @@ class LoadedModel:
         the final norm and the LM head are never computed, and the logits are ``None``.
         `extra_hooks` (interventions) run before the captures on the same point.
         """
+        self.check_length(input_ids)
         cache: dict[str, Tensor] = {}
 
         def capture(x: Tensor, name: str) -> None:
@@ -431,7 +445,7 @@ class LoadedModel:
         return logits, cache
 
     def to_tokens(self, text: str, bos: bool = True) -> Int[Tensor, "1 pos"]:
-        """Tokenise one text with the project-wide rule (BOS prepended when the tokenizer has one)."""
+        """Tokenise one text with the project-wide rule (BOS first, when the tokenizer has one)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         b = self.bos_token_id
         if bos and b is not None:
@@ -449,7 +463,9 @@ class LoadedModel:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or os.sep + os.sep in name
+    return (
+        name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or os.sep + os.sep in name
+    )
 
 
 def load_model(
@@ -520,7 +536,7 @@ def load_model(
     hf.to(dev)
     hf.eval()
     hf.requires_grad_(False)
-    log.info("loaded %s (%s) on %s", name, spec.name, dev)
+    log.debug("loaded %s (%s) on %s", name, spec.name, dev)
     return LoadedModel(hf, tokenizer, spec, name)
 
 

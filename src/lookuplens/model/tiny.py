@@ -62,21 +62,44 @@ def tiny_config(
 
     if family == "gpt2":
         return tf.GPT2Config(
-            vocab_size=vocab_size, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers,
-            n_head=n_heads, n_inner=d_mlp, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=0, eos_token_id=0,
+            vocab_size=vocab_size,
+            n_positions=n_ctx,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_inner=d_mlp,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
     if family in ("gpt_neox", "gpt_neox_seq"):
         return tf.GPTNeoXConfig(
-            vocab_size=vocab_size, max_position_embeddings=n_ctx, hidden_size=d_model,
-            num_hidden_layers=n_layers, num_attention_heads=n_heads, intermediate_size=d_mlp,
-            rotary_pct=0.25, use_parallel_residual=family == "gpt_neox", hidden_dropout=0.0,
-            attention_dropout=0.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+            vocab_size=vocab_size,
+            max_position_embeddings=n_ctx,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=d_mlp,
+            rotary_pct=0.25,
+            use_parallel_residual=family == "gpt_neox",
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
         )
     common = dict(
-        vocab_size=vocab_size, max_position_embeddings=n_ctx, hidden_size=d_model,
-        num_hidden_layers=n_layers, num_attention_heads=n_heads, intermediate_size=d_mlp,
-        num_key_value_heads=max(1, n_heads // 2), bos_token_id=0, eos_token_id=0,
+        vocab_size=vocab_size,
+        max_position_embeddings=n_ctx,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=d_mlp,
+        num_key_value_heads=max(1, n_heads // 2),
+        bos_token_id=0,
+        eos_token_id=0,
         tie_word_embeddings=False,
     )
     if family == "llama":

@@ -1,0 +1,361 @@
+"""Stage 2: one streaming pass over a corpus, the exact top-k firings of every tracked neuron.
+
+For every selected and baseline neuron at once, the scan keeps the k (document,
+position) pairs with the largest activation (post-activation value, the MLP neuron's
+output coefficient), by default one entry per document (its maximum over positions, as
+in the paper), plus activation statistics over every token (mean, std, fraction
+positive, max).
+
+Ties are broken deterministically: a larger activation first, then the earlier document,
+then the earlier position. The forward pass stops after the last layer that holds a
+tracked neuron; the final norm and the LM head are never computed.
+
+The corpus is cut into shards of consecutive documents. Each finished shard is written
+atomically, so an interrupted scan continues from its last shard; since a shard's top-k
+contains every member of the global top-k that lies in it, merging shard results is
+exact, and the result is identical to an uninterrupted scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from lookuplens.corpus import (
+    CorpusFingerprint,
+    CorpusHasher,
+    CorpusSpec,
+    TokenizedDoc,
+    iter_documents,
+    iter_tokenized,
+    make_batches,
+    source_kind,
+)
+from lookuplens.errors import CorpusError
+from lookuplens.model import LoadedModel, hook_name
+from lookuplens.store import ShardStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """How the corpus is scanned."""
+
+    k: int = 30
+    """Top firings kept per neuron (the paper: 30)."""
+    one_per_doc: bool = True
+    """Keep at most one firing per document (its maximum over positions), as the paper."""
+    batch_tokens: int = 16384
+    """Padded tokens per forward batch (rows times the longest row)."""
+    shard_docs: int = 256
+    """Documents per shard; an interrupted scan resumes at a shard boundary."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1 (the number of top firings kept), got {self.k}")
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.shard_docs < 1:
+            raise ValueError(f"shard_docs must be positive, got {self.shard_docs}")
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """Reported after each batch."""
+
+    docs: int
+    tokens: int
+    total_docs: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """The merged top-k table, the per-neuron statistics, and what was scanned."""
+
+    topk: pa.Table
+    """layer, neuron, rank (0 = strongest), doc_id, position, activation."""
+    stats: pa.Table
+    """layer, neuron, act_mean, act_std, act_frac_pos, act_max, n_tokens."""
+    corpus: CorpusFingerprint
+
+
+class _TopK:
+    """Running top-k per neuron over candidates arriving in corpus order."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.k = k
+        self.val = np.empty((n, 0), dtype=np.float64)
+        self.doc = np.empty((n, 0), dtype=np.int64)
+        self.pos = np.empty((n, 0), dtype=np.int64)
+
+    def add(self, val: np.ndarray, doc: np.ndarray, pos: np.ndarray) -> None:
+        """Candidates ``[n, m]``, each row in (doc, position) order, later than all before."""
+        v = np.concatenate([self.val, val], axis=1)
+        d = np.concatenate([self.doc, doc], axis=1)
+        p = np.concatenate([self.pos, pos], axis=1)
+        # stable sort on -value keeps the earlier (doc, position) first among equals
+        order = np.argsort(-v, axis=1, kind="stable")[:, : self.k]
+        self.val = np.take_along_axis(v, order, axis=1)
+        self.doc = np.take_along_axis(d, order, axis=1)
+        self.pos = np.take_along_axis(p, order, axis=1)
+
+
+class _Stats:
+    def __init__(self, n: int) -> None:
+        self.sum = np.zeros(n)
+        self.sumsq = np.zeros(n)
+        self.pos = np.zeros(n, dtype=np.int64)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.max = np.full(n, -np.inf)
+
+    def add(self, acts: Tensor, valid: Tensor) -> None:
+        a = acts[valid].double()  # [tokens, n]
+        self.sum += a.sum(0).numpy()
+        self.sumsq += (a * a).sum(0).numpy()
+        self.pos += (a > 0).sum(0).numpy()
+        self.count += a.shape[0]
+        if a.shape[0]:
+            self.max = np.maximum(self.max, a.max(0).values.numpy())
+
+
+def _shard_table(neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats) -> pa.Table:
+    n, k = top.val.shape
+    idx = np.repeat(np.arange(n), k)
+    layer = np.array([a for a, _ in neurons], dtype=np.int64)
+    neuron = np.array([b for _, b in neurons], dtype=np.int64)
+    valid = np.isfinite(top.val.reshape(-1))
+    cand = {
+        "kind": ["top"] * int(valid.sum()),
+        "layer": layer[idx][valid],
+        "neuron": neuron[idx][valid],
+        "doc_id": top.doc.reshape(-1)[valid],
+        "position": top.pos.reshape(-1)[valid],
+        "activation": top.val.reshape(-1)[valid],
+    }
+    st = {
+        "kind": ["stats"] * n,
+        "layer": layer,
+        "neuron": neuron,
+        "doc_id": np.full(n, -1, dtype=np.int64),
+        "position": np.full(n, -1, dtype=np.int64),
+        "activation": stats.max,
+    }
+    t1 = pa.table(cand)
+    t2 = pa.table(st)
+    t1 = t1.append_column("s_sum", pa.nulls(t1.num_rows, pa.float64()))
+    t1 = t1.append_column("s_sumsq", pa.nulls(t1.num_rows, pa.float64()))
+    t1 = t1.append_column("s_pos", pa.nulls(t1.num_rows, pa.int64()))
+    t1 = t1.append_column("s_count", pa.nulls(t1.num_rows, pa.int64()))
+    t2 = t2.append_column("s_sum", pa.array(stats.sum))
+    t2 = t2.append_column("s_sumsq", pa.array(stats.sumsq))
+    t2 = t2.append_column("s_pos", pa.array(stats.pos))
+    t2 = t2.append_column("s_count", pa.array(stats.count))
+    return pa.concat_tables([t1, t2])
+
+
+def _merge(
+    neurons: Sequence[tuple[int, int]], shards: list[pa.Table], k: int
+) -> tuple[pa.Table, pa.Table]:
+    n = len(neurons)
+    index = {nk: i for i, nk in enumerate(neurons)}
+    top = _TopK(n, k)
+    stats = _Stats(n)
+    for t in shards:
+        df = t.to_pandas()
+        tops = df[df.kind == "top"]
+        if len(tops):
+            # each neuron's candidates in (doc, position) order, as _TopK.add expects
+            tops = tops.sort_values(["doc_id", "position"], kind="stable")
+            rows = np.array([index[(a, b)] for a, b in zip(tops.layer, tops.neuron, strict=True)])
+            m = int(np.bincount(rows, minlength=n).max())
+            val = np.full((n, m), -np.inf)
+            doc = np.zeros((n, m), dtype=np.int64)
+            pos = np.zeros((n, m), dtype=np.int64)
+            fill = np.zeros(n, dtype=np.int64)
+            for r, d, p, v in zip(rows, tops.doc_id, tops.position, tops.activation, strict=True):
+                val[r, fill[r]], doc[r, fill[r]], pos[r, fill[r]] = v, d, p
+                fill[r] += 1
+            top.add(val, doc, pos)
+        st = df[df.kind == "stats"]
+        rows = np.array([index[(a, b)] for a, b in zip(st.layer, st.neuron, strict=True)])
+        stats.sum[rows] += st.s_sum.to_numpy()
+        stats.sumsq[rows] += st.s_sumsq.to_numpy()
+        stats.pos[rows] += st.s_pos.to_numpy().astype(np.int64)
+        stats.count[rows] += st.s_count.to_numpy().astype(np.int64)
+        stats.max[rows] = np.maximum(stats.max[rows], st.activation.to_numpy())
+    layer = np.array([a for a, _ in neurons], dtype=np.int64)
+    neuron = np.array([b for _, b in neurons], dtype=np.int64)
+    kk = top.val.shape[1]
+    valid = np.isfinite(top.val).reshape(-1)
+    topk = pa.table(
+        {
+            "layer": np.repeat(layer, kk)[valid],
+            "neuron": np.repeat(neuron, kk)[valid],
+            "rank": np.tile(np.arange(kk, dtype=np.int64), n)[valid],
+            "doc_id": top.doc.reshape(-1)[valid],
+            "position": top.pos.reshape(-1)[valid],
+            "activation": top.val.reshape(-1)[valid],
+        }
+    )
+    count = np.maximum(stats.count, 1)
+    mean = stats.sum / count
+    stats_t = pa.table(
+        {
+            "layer": layer,
+            "neuron": neuron,
+            "act_mean": mean,
+            "act_std": np.sqrt(np.maximum(stats.sumsq / count - mean**2, 0.0)),
+            "act_frac_pos": stats.pos / count,
+            "act_max": stats.max,
+            "n_tokens": stats.count,
+        }
+    )
+    return topk, stats_t
+
+
+class NeuronReader:
+    """Hooks that gather tracked neurons' activations during a forward pass."""
+
+    def __init__(self, lm: LoadedModel, neurons: Sequence[tuple[int, int]]) -> None:
+        self.lm = lm
+        self.neurons = list(neurons)
+        layers = sorted({a for a, _ in neurons})
+        self.last_layer = max(layers)
+        self.cols: dict[int, tuple[Tensor, Tensor]] = {}
+        for layer in layers:
+            where = [i for i, (a, _) in enumerate(neurons) if a == layer]
+            self.cols[layer] = (
+                torch.tensor(where, dtype=torch.long),
+                torch.tensor([neurons[i][1] for i in where], dtype=torch.long, device=lm.device),
+            )
+
+    def run(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Activations ``[batch, pos, n_tracked]`` (float32, on the CPU)."""
+        b, p = input_ids.shape
+        out = torch.empty(b, p, len(self.neurons), dtype=torch.float32)
+        hooks = []
+        for layer, (where, idx) in self.cols.items():
+
+            def grab(x: Tensor, _name: str, where: Tensor = where, idx: Tensor = idx) -> None:
+                out[:, :, where] = x[:, :, idx].float().cpu()
+
+            hooks.append((hook_name(layer, "mlp.hook_post"), grab))
+        self.lm.run_with_cache(
+            input_ids,
+            [],
+            attention_mask=attention_mask,
+            stop_after_layer=self.last_layer,
+            extra_hooks=hooks,
+        )
+        return out
+
+
+def count_documents(spec: CorpusSpec) -> int | None:
+    """Documents in a local or bundled source (None for streamed hub datasets)."""
+    if source_kind(spec.source) == "hf":
+        return None
+    n = 0
+    for _ in iter_documents(spec):
+        n += 1
+        if spec.max_docs is not None and n >= spec.max_docs:
+            break
+    return n
+
+
+def scan_corpus(
+    lm: LoadedModel,
+    neurons: Sequence[tuple[int, int]],
+    spec: CorpusSpec,
+    cfg: ScanConfig,
+    shards: ShardStore | None = None,
+    on_progress: Callable[[ScanProgress], None] | None = None,
+) -> ScanResult:
+    """Scan the corpus for the top-k firings of `neurons` (see the module docstring)."""
+    if not neurons:
+        raise CorpusError(
+            "no neurons to scan; the neurons stage selected none (check --layers "
+            "and the token filter)"
+        )
+    reader = NeuronReader(lm, neurons)
+    n = len(neurons)
+    pad = lm.tokenizer.pad_token_id
+    pad = pad if pad is not None else (lm.bos_token_id or 0)
+    total_docs = count_documents(spec)
+    hasher = CorpusHasher()
+    docs: Iterator[TokenizedDoc] = hasher.track(iter_tokenized(spec, lm.tokenizer, lm.max_context))
+    done = shards.done() if shards is not None else set()
+    if done:
+        log.info("resuming the scan: %d shards already written", len(done))
+    results: list[pa.Table] = []
+    t0 = time.perf_counter()
+    seen_docs = seen_tokens = 0
+    i = 0
+    while True:
+        chunk = list(islice(docs, cfg.shard_docs))
+        if not chunk:
+            break
+        if i in done and shards is not None:
+            results.append(shards.read(i))
+        else:
+            top = _TopK(n, cfg.k)
+            stats = _Stats(n)
+            for batch in make_batches(chunk, cfg.batch_tokens, pad):
+                acts = reader.run(batch.input_ids, batch.attention_mask)
+                valid = batch.attention_mask.bool()
+                stats.add(acts, valid)
+                masked = acts.masked_fill(~valid[:, :, None], -torch.inf).double()
+                doc_ids = np.array(batch.doc_ids, dtype=np.int64)
+                if cfg.one_per_doc:
+                    v, p = masked.max(dim=1)  # [b, n]
+                    top.add(
+                        v.T.numpy(),
+                        np.broadcast_to(doc_ids, (n, len(doc_ids))).copy(),
+                        p.T.numpy().astype(np.int64),
+                    )
+                else:
+                    b, p_len = masked.shape[:2]
+                    flat = masked.reshape(b * p_len, n).T.numpy()  # rows in (doc, pos) order
+                    kk = min(cfg.k, flat.shape[1])
+                    part = np.argpartition(-flat, kk - 1, axis=1)[:, :kk]
+                    part.sort(axis=1)  # back to (doc, position) order
+                    top.add(
+                        np.take_along_axis(flat, part, axis=1), doc_ids[part // p_len], part % p_len
+                    )
+                seen_docs += len(batch.doc_ids)
+                seen_tokens += batch.n_tokens
+                if on_progress is not None:
+                    on_progress(
+                        ScanProgress(seen_docs, seen_tokens, total_docs, time.perf_counter() - t0)
+                    )
+            table = _shard_table(neurons, top, stats)
+            if shards is not None:
+                shards.write(i, table)
+            results.append(table)
+        if i in done:
+            seen_docs += len(chunk)
+            seen_tokens += sum(len(d.tokens) for d in chunk)
+            if on_progress is not None:
+                on_progress(
+                    ScanProgress(seen_docs, seen_tokens, total_docs, time.perf_counter() - t0)
+                )
+        i += 1
+    if i == 0:
+        raise CorpusError(f"corpus {spec.source!r} has no document with tokens; nothing to scan")
+    stale = {j for j in done if j >= i}
+    if stale:
+        raise CorpusError(
+            f"the run directory holds scan shards {sorted(stale)} beyond the corpus's {i} shards; "
+            "the corpus changed since the scan started: pass --overwrite scan"
+        )
+    topk, stats_t = _merge(neurons, results, cfg.k)
+    return ScanResult(topk=topk, stats=stats_t, corpus=hasher.result())

@@ -1,0 +1,199 @@
+"""The scan stage against brute force, and its resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lookuplens.corpus import CorpusSpec, iter_tokenized
+from lookuplens.examples import ExamplesConfig, build_examples, neuron_activation_at
+from lookuplens.model import LoadedModel, hook_name, load_model
+from lookuplens.scan import ScanConfig, scan_corpus
+
+NEURONS = [(0, 3), (1, 5), (1, 60), (0, 0), (1, 17)]
+
+
+def write_corpus(path: Path, n_docs: int = 120, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    words = "the quick brown fox an owl apple market river tree she bought at".split()
+    path.write_text(
+        "\n".join(" ".join(rng.choice(words, size=int(rng.integers(3, 40)))) for _ in range(n_docs))
+        + "\n"
+    )
+    return path
+
+
+@pytest.fixture
+def lm(tiny_dirs: dict[str, Path]) -> LoadedModel:
+    return load_model(tiny_dirs["gpt2"], device="cpu")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> CorpusSpec:
+    return CorpusSpec(str(write_corpus(tmp_path / "corpus.txt")))
+
+
+def brute_force(lm: LoadedModel, spec: CorpusSpec, k: int, one_per_doc: bool) -> dict:
+    """Each document alone through the model; candidates sorted by the documented rule."""
+    per_neuron: dict[tuple[int, int], list] = {nk: [] for nk in NEURONS}
+    names = [hook_name(layer, "mlp.hook_post") for layer in range(lm.n_layers)]
+    for d in iter_tokenized(spec, lm.tokenizer, lm.max_context):
+        _, cache = lm.run_with_cache(torch.from_numpy(np.array([d.tokens])), names)
+        for layer, n in NEURONS:
+            a = cache[names[layer]][0, :, n].double().numpy()
+            if one_per_doc:
+                per_neuron[(layer, n)].append((-a.max(), d.doc_id, int(a.argmax())))
+            else:
+                per_neuron[(layer, n)] += [(-v, d.doc_id, p) for p, v in enumerate(a)]
+    return {nk: sorted(c)[:k] for nk, c in per_neuron.items()}
+
+
+@pytest.mark.parametrize("one_per_doc", [True, False])
+def test_topk_equals_brute_force(lm: LoadedModel, corpus: CorpusSpec, one_per_doc: bool) -> None:
+    cfg = ScanConfig(k=7, one_per_doc=one_per_doc, batch_tokens=500, shard_docs=23)
+    res = scan_corpus(lm, NEURONS, corpus, cfg)
+    df = res.topk.to_pandas()
+    expected = brute_force(lm, corpus, 7, one_per_doc)
+    for (layer, n), exp in expected.items():
+        got = df[(df.layer == layer) & (df.neuron == n)].sort_values("rank")
+        assert list(got["rank"]) == list(range(7))
+        assert list(zip(got.doc_id, got.position, strict=True)) == [(d, p) for _, d, p in exp]
+        np.testing.assert_allclose(got.activation, [-v for v, _, _ in exp], atol=1e-5)
+    if one_per_doc:
+        assert not df.duplicated(["layer", "neuron", "doc_id"]).any()
+    stats = res.stats.to_pandas()
+    assert (stats.n_tokens == res.corpus.tokens).all()
+    best = df[df["rank"] == 0].set_index(["layer", "neuron"]).activation
+    for row in stats.itertuples():
+        assert row.act_max == pytest.approx(best[(row.layer, row.neuron)], abs=1e-5)
+        assert 0 <= row.act_frac_pos <= 1
+
+
+def test_shard_size_does_not_change_the_result(lm: LoadedModel, corpus: CorpusSpec) -> None:
+    a = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=5, shard_docs=7, batch_tokens=400))
+    b = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=5, shard_docs=1000, batch_tokens=400))
+    assert a.topk.select(["layer", "neuron", "rank", "doc_id", "position"]).equals(
+        b.topk.select(["layer", "neuron", "rank", "doc_id", "position"])
+    )
+    np.testing.assert_array_equal(a.topk.column("activation"), b.topk.column("activation"))
+
+
+def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
+    lm: LoadedModel, corpus: CorpusSpec
+) -> None:
+    res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
+    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1)
+    ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
+    assert len(ex) > 0
+    docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
+    bos = lm.bos_token_id
+    # recompute the activation at the end of each trimmed prompt, and one token shorter
+    acts = neuron_activation_at(
+        lm, [list(t) for t in ex.tokens], list(zip(ex.layer, ex.neuron, strict=True))
+    )
+    for row, a in zip(ex.itertuples(), acts, strict=True):
+        toks = list(row.tokens)
+        assert toks[0] == bos and len(toks) < 30
+        assert toks[-1] == docs[row.doc_id][row.position]  # ends at the firing token
+        assert toks[1:] == list(docs[row.doc_id][row.start : row.position + 1])
+        assert a == pytest.approx(row.trimmed_activation, abs=1e-5)
+        if row.activation > 0:
+            assert row.trimmed_activation >= 0.8 * row.activation - 1e-6
+    # the start is the latest one: one more token trimmed falls below the threshold
+    shorter = ex[ex.start < ex.position]
+    cut = [[bos, *list(t[2:])] for t in shorter.tokens]
+    acts2 = neuron_activation_at(lm, cut, list(zip(shorter.layer, shorter.neuron, strict=True)))
+    for row, a in zip(shorter.itertuples(), acts2, strict=True):
+        if row.activation > 0:
+            assert a < 0.8 * row.activation + 1e-6
+    assert set(ex.split) == {"train", "test"}
+    assert not pd_duplicated(ex.layer, ex.neuron, ex.tokens.map(tuple))
+    again = build_examples(lm, res.topk, corpus, cfg).to_pandas()
+    assert again.drop(columns="tokens").equals(ex.drop(columns="tokens"))
+    assert again.tokens.map(tuple).equals(ex.tokens.map(tuple))
+
+
+def pd_duplicated(layers, neurons, keys) -> bool:  # type: ignore[no-untyped-def]
+    seen = set()
+    for item in zip(layers, neurons, keys, strict=True):
+        if item in seen:
+            return True
+        seen.add(item)
+    return False
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from lookuplens.pipeline import run_pipeline, SilentReporter
+    from tests_helper_cfg import cfg
+    class Killer(SilentReporter):
+        def update(self, done, total=None, info=""):
+            shards = os.path.join(sys.argv[1], "shards", "scan")
+            if os.path.isdir(shards) and len(os.listdir(shards)) >= 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+    run_pipeline(cfg(sys.argv[2], sys.argv[3]), sys.argv[1], until="examples", reporter=Killer())
+    """
+)
+
+CFG_MODULE = textwrap.dedent(
+    """
+    from lookuplens.corpus import CorpusSpec
+    from lookuplens.neurons import NeuronsConfig
+    from lookuplens.pipeline import RunConfig
+    from lookuplens.scan import ScanConfig
+    def cfg(model, corpus):
+        return RunConfig(model=model, corpus=CorpusSpec(corpus), device="cpu",
+                         neurons=NeuronsConfig(top_n=3, token_filter="none"),
+                         scan=ScanConfig(k=5, shard_docs=10, batch_tokens=256))
+    """
+)
+
+
+def test_killed_scan_resumes_to_identical_tables(
+    tmp_path: Path, tiny_dirs: dict[str, Path]
+) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", n_docs=80)
+    (tmp_path / "tests_helper_cfg.py").write_text(CFG_MODULE)
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "kill.py"),
+            str(killed),
+            str(tiny_dirs["gpt2"]),
+            str(corpus),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    shards = sorted((killed / "shards" / "scan").iterdir())
+    assert 2 <= len(shards) < 8  # killed mid-scan: 8 shards in all
+    assert not (killed / "firings.parquet").exists()
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from tests_helper_cfg import cfg  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    from lookuplens.pipeline import run_pipeline
+    from lookuplens.store import RunDir
+
+    resumed = run_pipeline(cfg(str(tiny_dirs["gpt2"]), str(corpus)), killed, until="examples")
+    fresh = run_pipeline(
+        cfg(str(tiny_dirs["gpt2"]), str(corpus)), tmp_path / "fresh", until="examples"
+    )
+    for table in ("neurons", "firings", "activation_stats", "examples"):
+        assert resumed.read_table(table).equals(fresh.read_table(table)), table
+    assert RunDir.open(killed).meta["corpus"] == RunDir.open(tmp_path / "fresh").meta["corpus"]
