@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lookuplens.attribute import (
+    AttributeConfig,
+    attribute_examples,
+    build_pairs,
+    label_examples,
+)
 from lookuplens.corpus import CorpusSpec, corpus_meta
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
@@ -24,6 +30,7 @@ from lookuplens.model import LoadedModel, load_model
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
 from lookuplens.scan import ScanConfig, ScanProgress, count_documents, scan_corpus
 from lookuplens.store import STAGES, RunDir
+from lookuplens.verify import VerifyConfig, method_agreement, verify_run
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,10 @@ class RunConfig:
     """Stage 2 settings."""
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     """Stage 3 settings."""
+    attribute: AttributeConfig = field(default_factory=AttributeConfig)
+    """Stage 4 settings (attribution methods, activity labels, pair filter)."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """Stage 5 settings (interventions)."""
 
     @property
     def model_source(self) -> str:
@@ -97,6 +108,8 @@ class RunConfig:
                 "scan": dataclasses.asdict(self.scan),
             },
             "examples": {"examples": dataclasses.asdict(self.examples)},
+            "attribute": {"attribute": dataclasses.asdict(self.attribute)},
+            "verify": {"verify": dataclasses.asdict(self.verify)},
         }
 
 
@@ -186,12 +199,69 @@ def _stage_examples(ctx: Context) -> str:
     return summary
 
 
+def _stage_attribute(ctx: Context) -> str:
+    cfg = ctx.cfg.attribute
+    examples = ctx.run.read_table("examples")
+    ctx.reporter.start("attribute", None, "batches")
+    att = attribute_examples(
+        ctx.lm,
+        examples,
+        cfg,
+        shards=ctx.run.shards("attribute"),
+        on_progress=lambda d, n: ctx.reporter.update(d, n),
+    )
+    labels = label_examples(att, examples, cfg)
+    pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg)
+    ctx.run.write_table("attributions", att)
+    ctx.run.write_table("labels", labels)
+    ctx.run.write_table("pairs", pairs)
+    kept = sum(pairs.column("kept").to_pylist())
+    summary = f"{att.num_rows:,} attributions, {kept} of {pairs.num_rows} (neuron, head) pairs kept"
+    ctx.reporter.finish(summary)
+    return summary
+
+
+def _stage_verify(ctx: Context) -> str:
+    run = ctx.run
+    ctx.reporter.start("verify", None, "forwards")
+    effects, pairs = verify_run(
+        ctx.lm,
+        run.read_table("examples"),
+        run.read_table("neurons"),
+        run.read_table("activation_stats"),
+        run.read_table("labels"),
+        run.read_table("pairs"),
+        ctx.cfg.verify,
+        on_progress=lambda d, n: ctx.reporter.update(d, n),
+    )
+    run.write_table("effects", effects)
+    run.write_table("pairs", pairs)
+    agreement = method_agreement(run.read_table("attributions"))
+    run.update_meta(method_agreement=_finite(agreement))
+    ks = [v for v in pairs.column("ks_stat").to_pylist() if v == v]
+    mean_ks = f", mean KS D {sum(ks) / len(ks):.3f} over {len(ks)} pairs" if ks else ""
+    summary = f"{effects.num_rows:,} intervention effects{mean_ks}"
+    ctx.reporter.finish(summary)
+    return summary
+
+
+def _finite(obj: object) -> object:
+    """NaN and infinities become None (run.json is strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
 StageFn = Callable[[Context], str]
 
 STAGE_FUNCS: dict[str, StageFn] = {
     "neurons": _stage_neurons,
     "scan": _stage_scan,
     "examples": _stage_examples,
+    "attribute": _stage_attribute,
+    "verify": _stage_verify,
 }
 """The stages that exist so far, in pipeline order."""
 

@@ -1,6 +1,13 @@
 """Model adapter: load a Hugging Face causal LM and hook its heads and neurons."""
 
-from lookuplens.model.adapter import LoadedModel, NormParams, from_hf, load_model, resolve_device
+from lookuplens.model.adapter import (
+    LayerCall,
+    LoadedModel,
+    NormParams,
+    from_hf,
+    load_model,
+    resolve_device,
+)
 from lookuplens.model.arch import (
     ArchSpec,
     register_architecture,
@@ -13,6 +20,7 @@ __all__ = [
     "POINTS",
     "ArchSpec",
     "HookFn",
+    "LayerCall",
     "LoadedModel",
     "NormParams",
     "from_hf",

@@ -62,6 +62,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 @dataclass(frozen=True)
+class LayerCall:
+    """How the native model called one decoder layer (recorded by a pre-hook)."""
+
+    layer: int
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> Tensor:
+        """The layer's input residual stream."""
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+@dataclass(frozen=True)
 class NormParams:
     """A norm's parameters: ``y = (x - mean if centred) / sqrt(var + eps) * weight + bias``."""
 
@@ -443,6 +461,83 @@ class LoadedModel:
                 if stop_handle is not None:
                     stop_handle.remove()
         return logits, cache
+
+    # ------------------------------------------------------------------ prefix reuse
+    def capture_layer_calls(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None,
+        stop_after_layer: int,
+        names: Iterable[str] = (),
+    ) -> tuple[list[LayerCall], dict[str, Tensor]]:
+        """Run layers 0..`stop_after_layer` once and record how each layer was called.
+
+        Each `LayerCall` holds the arguments the native model passed to a decoder layer
+        (its input residual stream, the attention mask, rotary embeddings, ...), so that
+        `replay_layers` can run layers l..L again from a changed layer-l input without
+        recomputing layers 0..l-1 (the prefix is reused).
+        """
+        self.check_length(input_ids)
+        calls: list[LayerCall] = []
+        handles = []
+
+        def make(i: int) -> Any:
+            def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+                calls.append(LayerCall(i, args, dict(kwargs)))
+
+            return pre
+
+        for i in range(stop_after_layer + 1):
+            handles.append(self.layer(i).register_forward_pre_hook(make(i), with_kwargs=True))
+        try:
+            _, cache = self.run_with_cache(
+                input_ids, names, attention_mask=attention_mask, stop_after_layer=stop_after_layer
+            )
+        finally:
+            for h in handles:
+                h.remove()
+        return calls, cache
+
+    def replay_layers(
+        self,
+        calls: Sequence[LayerCall],
+        start: int,
+        stop: int,
+        hidden: Float[Tensor, "rows pos d_model"],
+        rows: Int[Tensor, " rows"],
+        hooks: Sequence[tuple[str, HookFn]] = (),
+    ) -> None:
+        """Run decoder layers `start`..`stop` on `hidden`, reusing recorded calls.
+
+        `rows[i]` says which row of the recorded batch row i of `hidden` stands for; the
+        recorded per-row tensors (masks, position embeddings) are gathered accordingly.
+        Use `hooks` to read activations (e.g. ``mlp.hook_post`` of layer `stop`).
+        """
+        by_layer = {c.layer: c for c in calls}
+        b0 = by_layer[start].batch_size
+
+        def expand(x: Any) -> Any:
+            if isinstance(x, Tensor) and x.ndim >= 1 and x.shape[0] == b0 and b0 != 1:
+                return x[rows.to(x.device)]
+            if isinstance(x, Tensor) and x.ndim >= 1 and x.shape[0] == b0 == 1:
+                return x.expand(len(rows), *x.shape[1:]) if x.ndim > 1 else x
+            if isinstance(x, tuple):
+                return tuple(expand(v) for v in x)
+            if isinstance(x, list):
+                return [expand(v) for v in x]
+            return x
+
+        h = hidden
+        with torch.no_grad(), self.hooks(hooks):
+            for i in range(start, stop + 1):
+                call = by_layer[i]
+                args = (h, *(expand(a) for a in call.args[1:]))
+                kwargs = {k: expand(v) for k, v in call.kwargs.items() if k != "hidden_states"}
+                if call.args == () and "hidden_states" in call.kwargs:
+                    out = self.layer(i)(hidden_states=h, **kwargs)
+                else:
+                    out = self.layer(i)(*args, **kwargs)
+                h = out[0] if isinstance(out, tuple) else out
 
     def to_tokens(self, text: str, bos: bool = True) -> Int[Tensor, "1 pos"]:
         """Tokenise one text with the project-wide rule (BOS first, when the tokenizer has one)."""

@@ -1,0 +1,338 @@
+"""Stage 5: causal verification. Does the neuron matter, and does the head drive it?
+
+``effects.parquet`` rows, one per example and intervention, measured at the firing
+position (the prompt's last token) on the neuron's target token:
+
+- neuron interventions over every position of the prompt: ``neuron_zero`` (activation
+  set to 0), ``neuron_mean`` (set to its mean over the scanned corpus),
+  ``neuron_scale_{k}`` (multiplied by k, amplification);
+- ``head_zero_ablation`` of each kept (neuron, head) pair's head on every example of its
+  neuron (the head's output zeroed at every position, as the paper's value-vector
+  ablation), with ``head_layer`` and ``head`` set.
+
+``delta_logprob`` is log p(token) after minus before; ``kl`` is KL(clean || intervened)
+of the next-token distribution; ``delta_prob`` and ``delta_activation`` (the neuron's
+activation at the firing position, after minus before) are extra columns.
+
+For every kept pair, a two-sample Kolmogorov-Smirnov test compares the drop in
+p(token) under the head's ablation on examples where the head is active against those
+where it is not (the paper: D = 0.24 to 0.33 on GPT-2); the statistic and p-value are
+written into ``pairs.parquet``. The agreement between attribution methods (Spearman
+correlation over all (example, head) values) goes to run.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from scipy import stats
+from torch import Tensor
+
+from lookuplens.attribute import _pad
+from lookuplens.model import LoadedModel, hook_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Which interventions are measured."""
+
+    scales: tuple[float, ...] = (2.0,)
+    """Amplification factors of the neuron (``neuron_scale_{k}`` rows)."""
+    neuron_interventions: bool = True
+    """Measure zero, mean and scale interventions on each neuron."""
+    head_ablations: bool = True
+    """Ablate the head of every kept pair on its neuron's examples (and run the KS test)."""
+    batch_rows: int = 64
+    """Prompts per forward batch."""
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ValueError(f"batch_rows must be positive, got {self.batch_rows}")
+
+
+@dataclass(frozen=True)
+class _Row:
+    example_id: int
+    layer: int
+    neuron: int
+    tokens: list[int]
+    token_id: int
+
+
+def _forward(
+    lm: LoadedModel,
+    rows: list[_Row],
+    edit: Callable[[list[_Row]], list[tuple[str, Callable[[Tensor, str], Tensor | None]]]] | None,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of the next token at each prompt's last position, and the neuron's activation."""
+    ids, mask = _pad(lm, [r.tokens for r in rows])
+    pos = mask.sum(1) - 1
+    acts = torch.empty(len(rows), dtype=torch.float64)
+    by_layer: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_layer.setdefault(r.layer, []).append(i)
+    hooks = list(edit(rows)) if edit is not None else []
+    for layer, idx in by_layer.items():
+        sel = torch.tensor(idx)
+        cols = torch.tensor([rows[i].neuron for i in idx])
+
+        def grab(x: Tensor, _n: str, sel: Tensor = sel, cols: Tensor = cols) -> None:
+            acts[sel] = x[sel, pos[sel], cols].double().cpu()
+
+        hooks.append((hook_name(layer, "mlp.hook_post"), grab))
+    logits, _ = lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=hooks)
+    assert logits is not None
+    last = logits[torch.arange(len(rows)), pos].double()
+    return torch.log_softmax(last, dim=-1).cpu(), acts
+
+
+def _neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Callable:
+    def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
+        hooks = []
+        for layer in sorted({r.layer for r in rows}):
+            idx = [i for i, r in enumerate(rows) if r.layer == layer]
+            sel = torch.tensor(idx)
+            cols = torch.tensor([rows[i].neuron for i in idx])
+            if isinstance(value, dict):
+                vals = torch.tensor([value[(layer, rows[i].neuron)] for i in idx])
+            else:
+                vals = torch.full((len(idx),), float(value))
+
+            def fn(
+                x: Tensor, _n: str, sel: Tensor = sel, cols: Tensor = cols, vals: Tensor = vals
+            ) -> Tensor:
+                x = x.clone()
+                cur = x[sel, :, cols]  # [n, p]
+                new = (
+                    cur * vals[:, None].to(x.dtype)
+                    if kind == "scale"
+                    else (vals[:, None].to(x.dtype).expand_as(cur))
+                )
+                x[sel[:, None], torch.arange(x.shape[1])[None, :], cols[:, None]] = new
+                return x
+
+            hooks.append((hook_name(layer, "mlp.hook_post"), fn))
+        return hooks
+
+    return make
+
+
+def _head_edit(heads: list[tuple[int, int]]) -> Callable:
+    """Zero the head ``heads[i]`` for row i, at every position."""
+
+    def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
+        hooks = []
+        for hl in sorted({h[0] for h in heads}):
+            idx = [i for i, h in enumerate(heads) if h[0] == hl]
+            sel = torch.tensor(idx)
+            hs = torch.tensor([heads[i][1] for i in idx])
+
+            def fn(z: Tensor, _n: str, sel: Tensor = sel, hs: Tensor = hs) -> Tensor:
+                z = z.clone()
+                z[sel, :, hs] = 0
+                return z
+
+            hooks.append((hook_name(hl, "attn.hook_z"), fn))
+        return hooks
+
+    return make
+
+
+def _kl(clean: Tensor, new: Tensor) -> np.ndarray:
+    return (clean.exp() * (clean - new)).sum(-1).clamp_min(0).numpy()
+
+
+def verify_run(
+    lm: LoadedModel,
+    examples: pa.Table,
+    neurons: pa.Table,
+    stats_table: pa.Table,
+    labels: pa.Table,
+    pairs: pa.Table,
+    cfg: VerifyConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """The `effects` table and the `pairs` table with the KS columns filled in."""
+    ex = examples.to_pandas().sort_values("example_id")
+    nt = neurons.to_pandas().set_index(["layer", "neuron"])
+    target = nt.target_token_id if "target_token_id" in nt else nt.token_id
+    rows = [
+        _Row(
+            int(r.example_id),
+            int(r.layer),
+            int(r.neuron),
+            list(r.tokens),
+            int(target[(r.layer, r.neuron)]),
+        )
+        for r in ex.itertuples()
+    ]
+    means = {
+        (int(a), int(b)): float(m)
+        for a, b, m in zip(
+            stats_table.column("layer").to_pylist(),
+            stats_table.column("neuron").to_pylist(),
+            stats_table.column("act_mean").to_pylist(),
+            strict=True,
+        )
+    }
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "example_id",
+            "layer",
+            "neuron",
+            "intervention",
+            "delta_logprob",
+            "kl",
+            "delta_prob",
+            "delta_activation",
+            "head_layer",
+            "head",
+        )
+    }
+    interventions: list[tuple[str, Callable | None]] = []
+    if cfg.neuron_interventions:
+        interventions.append(("neuron_zero", _neuron_edit("set", 0.0)))
+        interventions.append(("neuron_mean", _neuron_edit("set", means)))
+        for k in cfg.scales:
+            interventions.append((f"neuron_scale_{k:g}", _neuron_edit("scale", float(k))))
+    pair_df = pairs.to_pandas()
+    kept = pair_df[pair_df.kept]
+    head_jobs: list[tuple[_Row, tuple[int, int]]] = []
+    if cfg.head_ablations:
+        by_neuron: dict[tuple[int, int], list[_Row]] = {}
+        for r in rows:
+            by_neuron.setdefault((r.layer, r.neuron), []).append(r)
+        for p in kept.itertuples():
+            for r in by_neuron.get((int(p.layer), int(p.neuron)), []):
+                head_jobs.append((r, (int(p.head_layer), int(p.head))))
+    total = len(rows) * (1 + len(interventions)) + len(head_jobs)
+    done = 0
+    clean: dict[int, tuple[Tensor, float]] = {}
+    for j in range(0, len(rows), cfg.batch_rows):
+        part = rows[j : j + cfg.batch_rows]
+        lp, act = _forward(lm, part, None)
+        for i, r in enumerate(part):
+            clean[r.example_id] = (lp[i], float(act[i]))
+        done += len(part)
+        for name, edit in interventions:
+            lp2, act2 = _forward(lm, part, edit)
+            for i, r in enumerate(part):
+                c_lp, c_act = clean[r.example_id]
+                _append(out, r, name, c_lp, lp2[i], c_act, float(act2[i]), None)
+            done += len(part)
+            if on_progress is not None:
+                on_progress(done, total)
+    for j in range(0, len(head_jobs), cfg.batch_rows):
+        part = head_jobs[j : j + cfg.batch_rows]
+        part_rows = [r for r, _ in part]
+        lp2, act2 = _forward(lm, part_rows, _head_edit([h for _, h in part]))
+        for i, (r, h) in enumerate(part):
+            c_lp, c_act = clean[r.example_id]
+            _append(out, r, "head_zero_ablation", c_lp, lp2[i], c_act, float(act2[i]), h)
+        done += len(part)
+        if on_progress is not None:
+            on_progress(done, total)
+    effects = pa.table(
+        {
+            "example_id": pa.array(out["example_id"], pa.int64()),
+            "layer": pa.array(out["layer"], pa.int64()),
+            "neuron": pa.array(out["neuron"], pa.int64()),
+            "intervention": pa.array(out["intervention"], pa.string()),
+            "delta_logprob": pa.array(out["delta_logprob"], pa.float64()),
+            "kl": pa.array(out["kl"], pa.float64()),
+            "delta_prob": pa.array(out["delta_prob"], pa.float64()),
+            "delta_activation": pa.array(out["delta_activation"], pa.float64()),
+            "head_layer": pa.array(out["head_layer"], pa.int64()),
+            "head": pa.array(out["head"], pa.int64()),
+        }
+    )
+    return effects, ks_tests(effects, labels, pairs)
+
+
+def _append(
+    out: dict[str, list],
+    r: _Row,
+    name: str,
+    c_lp: Tensor,
+    lp: Tensor,
+    c_act: float,
+    act: float,
+    head: tuple[int, int] | None,
+) -> None:
+    out["example_id"].append(r.example_id)
+    out["layer"].append(r.layer)
+    out["neuron"].append(r.neuron)
+    out["intervention"].append(name)
+    out["delta_logprob"].append(float(lp[r.token_id] - c_lp[r.token_id]))
+    out["kl"].append(float(_kl(c_lp[None], lp[None])[0]))
+    out["delta_prob"].append(float(lp[r.token_id].exp() - c_lp[r.token_id].exp()))
+    out["delta_activation"].append(act - c_act)
+    out["head_layer"].append(None if head is None else head[0])
+    out["head"].append(None if head is None else head[1])
+
+
+def ks_tests(effects: pa.Table, labels: pa.Table, pairs: pa.Table) -> pa.Table:
+    """Fill `ks_stat`/`ks_pvalue` of kept pairs: drop in p(token), active vs inactive."""
+    eff = effects.to_pandas()
+    eff = eff[eff.intervention == "head_zero_ablation"]
+    lab = labels.to_pandas().set_index(["example_id", "head_layer", "head"]).active
+    df = pairs.to_pandas()
+    ks = np.full(len(df), np.nan)
+    pv = np.full(len(df), np.nan)
+    n_act = np.zeros(len(df), dtype=np.int64)
+    n_inact = np.zeros(len(df), dtype=np.int64)
+    groups = {k: g for k, g in eff.groupby(["layer", "neuron", "head_layer", "head"])}
+    for i, p in enumerate(df.itertuples()):
+        if not p.kept:
+            continue
+        g = groups.get((p.layer, p.neuron, p.head_layer, p.head))
+        if g is None:
+            continue
+        act = lab.reindex(list(zip(g.example_id, g.head_layer, g["head"], strict=True))).to_numpy()
+        drop = -g.delta_prob.to_numpy()
+        a, b = drop[act == True], drop[act == False]  # noqa: E712
+        n_act[i], n_inact[i] = len(a), len(b)
+        if len(a) and len(b):
+            res = stats.ks_2samp(a, b)
+            ks[i], pv[i] = float(res.statistic), float(res.pvalue)
+    table = pairs
+    for name, arr in (("ks_stat", ks), ("ks_pvalue", pv)):
+        table = table.set_column(
+            table.schema.get_field_index(name), name, pa.array(arr, from_pandas=False)
+        )
+    for name, arr in (("ks_n_active", n_act), ("ks_n_inactive", n_inact)):
+        if name in table.schema.names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array(arr))
+    return table
+
+
+def method_agreement(attributions: pa.Table) -> dict[str, dict[str, float]]:
+    """Spearman correlation between every two methods over all (example, head) values."""
+    df = attributions.to_pandas()
+    wide = df.pivot_table(
+        index=["example_id", "head_layer", "head"], columns="method", values="value"
+    )
+    methods = list(wide.columns)
+    out: dict[str, dict[str, float]] = {}
+    for a in methods:
+        out[a] = {}
+        for b in methods:
+            if a == b:
+                out[a][b] = 1.0
+                continue
+            both = wide[[a, b]].dropna()
+            if len(both) < 3:
+                out[a][b] = float("nan")
+                continue
+            rho = stats.spearmanr(both[a], both[b]).statistic
+            out[a][b] = round(float(rho), 4)
+    return out

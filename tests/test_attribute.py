@@ -1,0 +1,235 @@
+"""Attribution methods against hand computations, for every architecture family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lookuplens.attribute import (
+    AttributeConfig,
+    attribute_examples,
+    build_pairs,
+    decompose_neuron_input,
+    head_means,
+    label_examples,
+    upstream_layers,
+)
+from lookuplens.model import LoadedModel, from_hf, hook_name, load_model
+
+TEXTS = ["An owl sat on the", "She bought an apple at the market", "The quick brown fox"]
+NEURONS = [7, 3, 9]
+
+
+@pytest.fixture
+def lm(tiny_dirs: dict[str, Path], family: str) -> LoadedModel:
+    return load_model(tiny_dirs[family], device="cpu")
+
+
+def examples(lm: LoadedModel, layer: int = 1) -> pa.Table:
+    prompts = [lm.to_tokens(t)[0].tolist() for t in TEXTS]
+    return pa.table(
+        {
+            "example_id": [0, 1, 2],
+            "layer": [layer] * 3,
+            "neuron": NEURONS,
+            "tokens": prompts,
+            "trimmed_activation": [1.0, 1.0, 1.0],
+            "split": ["train", "train", "test"],
+        }
+    )
+
+
+def value(att: pa.Table, method: str, example: int, hl: int, h: int) -> float:
+    df = att.to_pandas()
+    sel = df[
+        (df.method == method)
+        & (df.example_id == example)
+        & (df.head_layer == hl)
+        & (df["head"] == h)
+    ]
+    assert len(sel) == 1
+    return float(sel.value.iloc[0])
+
+
+def post_with(lm: LoadedModel, tokens: list[int], layer: int, neuron: int, hooks=()) -> float:  # type: ignore[no-untyped-def]
+    name = hook_name(layer, "mlp.hook_post")
+    _, cache = lm.run_with_cache(torch.tensor([tokens]), [name], extra_hooks=list(hooks))
+    return float(cache[name][0, -1, neuron])
+
+
+def test_direct_decomposition_closes(lm: LoadedModel) -> None:
+    for text in TEXTS:
+        toks = lm.to_tokens(text)[0]
+        for layer in range(lm.n_layers):
+            d = decompose_neuron_input(lm, toks, layer, 5, len(toks) - 1)
+            assert sum(d.terms.values()) == pytest.approx(d.pre_activation, abs=1e-4)
+            n_heads = sum(1 for k in d.terms if "H" in k)
+            assert n_heads == lm.n_heads * (layer + (0 if lm.parallel_residual else 1))
+
+
+def test_batched_direct_equals_the_decomposition(lm: LoadedModel) -> None:
+    ex = examples(lm)
+    att = attribute_examples(lm, ex, AttributeConfig(methods=("direct",)))
+    for i, text in enumerate(TEXTS):
+        toks = lm.to_tokens(text)[0]
+        d = decompose_neuron_input(lm, toks, 1, NEURONS[i], len(toks) - 1)
+        for hl in upstream_layers(lm, 1):
+            for h in range(lm.n_heads):
+                assert value(att, "direct", i, hl, h) == pytest.approx(
+                    d.terms[f"L{hl}H{h}"], abs=1e-5
+                )
+
+
+def test_ablations_equal_full_recomputation(lm: LoadedModel) -> None:
+    ex = examples(lm)
+    cfg = AttributeConfig(
+        methods=("zero_ablation", "mean_ablation", "resample_ablation"),
+        label_method="zero_ablation",
+        seed=3,
+    )
+    att = attribute_examples(lm, ex, cfg)
+    prompts = [list(t) for t in ex.column("tokens").to_pylist()]
+    means = head_means(lm, prompts, 1)
+    # the donor of each example, as the resample ablation draws it
+    g = np.random.default_rng([3, 0])
+    donor = (np.arange(3) + g.integers(1, 3, size=3)) % 3
+    for i in range(3):
+        clean = post_with(lm, prompts[i], 1, NEURONS[i])
+        for hl in upstream_layers(lm, 1):
+            _, dz = lm.run_with_cache(
+                torch.tensor([prompts[donor[i]]]), [hook_name(hl, "attn.hook_z")]
+            )
+            z_donor = dz[hook_name(hl, "attn.hook_z")][0]
+            for h in range(lm.n_heads):
+
+                def zero(z: Tensor, _n: str, h: int = h) -> Tensor:
+                    z = z.clone()
+                    z[:, :, h] = 0
+                    return z
+
+                def mean(z: Tensor, _n: str, h: int = h, hl: int = hl) -> Tensor:
+                    z = z.clone()
+                    z[:, :, h] = means[hl][h]
+                    return z
+
+                def resample(z: Tensor, _n: str, h: int = h, z_donor: Tensor = z_donor) -> Tensor:
+                    z = z.clone()
+                    p = torch.clamp(torch.arange(z.shape[1]), max=z_donor.shape[0] - 1)
+                    z[0, :, h] = z_donor[p, h]
+                    return z
+
+                for method, fn in (
+                    ("zero_ablation", zero),
+                    ("mean_ablation", mean),
+                    ("resample_ablation", resample),
+                ):
+                    hand = clean - post_with(
+                        lm, prompts[i], 1, NEURONS[i], [(hook_name(hl, "attn.hook_z"), fn)]
+                    )
+                    assert value(att, method, i, hl, h) == pytest.approx(hand, abs=1e-6), method
+
+
+def test_attribution_patching_equals_ablation_on_a_linear_path(tiny_dirs: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    lm0 = load_model(tiny_dirs["gpt2"], device="cpu")
+    cfg = GPT2Config.from_pretrained(tiny_dirs["gpt2"])
+    cfg.activation_function = "linear"
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"], config=cfg)
+    hf.transformer.h[0].ln_2 = nn.Identity()  # head -> neuron input is now linear
+    lm = from_hf(hf, lm0.tokenizer)
+    ex = examples(lm, layer=0)
+    att = attribute_examples(
+        lm,
+        ex,
+        AttributeConfig(
+            methods=("zero_ablation", "attribution_patching"), label_method="zero_ablation"
+        ),
+    )
+    df = att.to_pandas().pivot_table(
+        index=["example_id", "head_layer", "head"], columns="method", values="value"
+    )
+    np.testing.assert_allclose(df.attribution_patching, df.zero_ablation, atol=1e-6)
+    assert df.zero_ablation.abs().max() > 1e-4
+
+
+def test_attribution_patching_is_first_order_close_on_a_real_model(lm: LoadedModel) -> None:
+    att = attribute_examples(
+        lm,
+        examples(lm),
+        AttributeConfig(
+            methods=("zero_ablation", "attribution_patching"), label_method="zero_ablation"
+        ),
+    )
+    df = att.to_pandas().pivot_table(
+        index=["example_id", "head_layer", "head"], columns="method", values="value"
+    )
+    corr = np.corrcoef(df.attribution_patching, df.zero_ablation)[0, 1]
+    assert corr > 0.5
+
+
+def test_path_patching_is_the_direct_path_part(lm: LoadedModel) -> None:
+    """For heads of the neuron's own layer, the direct path is the only path: equal effects."""
+    if lm.parallel_residual:
+        pytest.skip("the neuron's own layer has no upstream heads")
+    att = attribute_examples(
+        lm,
+        examples(lm),
+        AttributeConfig(methods=("zero_ablation", "path_patching"), label_method="zero_ablation"),
+    )
+    df = att.to_pandas()
+    df = df[df.head_layer == 1].pivot_table(
+        index=["example_id", "head"], columns="method", values="value"
+    )
+    np.testing.assert_allclose(df.path_patching, df.zero_ablation, atol=1e-6)
+
+
+def test_same_layer_option_and_parallel_residual(lm: LoadedModel) -> None:
+    assert upstream_layers(lm, 1, include_same_layer=False) == [0]
+    assert upstream_layers(lm, 1) == ([0] if lm.parallel_residual else [0, 1])
+
+
+def test_labels_and_pairs(tiny_dirs: dict[str, Path]) -> None:
+    lm = load_model(tiny_dirs["gpt2"], device="cpu")
+    ex = examples(lm)
+    cfg = AttributeConfig(methods=("direct", "zero_ablation"), label_rule="top_k", label_top_k=2)
+    att = attribute_examples(lm, ex, cfg)
+    labels = label_examples(att, ex, cfg).to_pandas()
+    assert len(labels) == 3 * 2 * lm.n_heads
+    assert (labels.groupby("example_id").active.sum() <= 2).all()
+    d = att.to_pandas()
+    d = d[d.method == "direct"]
+    for eid, g in labels.groupby("example_id"):
+        top = d[d.example_id == eid].sort_values("value", ascending=False).head(2)
+        expect = {(r.head_layer, r["head"]) for _, r in top.iterrows() if r.value > 0}
+        got = {(r.head_layer, r["head"]) for _, r in g[g.active].iterrows()}
+        assert got == expect
+    neurons = pa.table(
+        {
+            "layer": [1] * 3,
+            "neuron": NEURONS,
+            "token": [" a", " b", " c"],
+            "baseline": [False, False, True],
+        }
+    )
+    pairs = build_pairs(att, label_examples(att, ex, cfg), neurons, cfg).to_pandas()
+    assert set(pairs.columns) >= {
+        "layer",
+        "neuron",
+        "head_layer",
+        "head",
+        "active_rate",
+        "n_train",
+        "kept",
+        "ks_stat",
+        "ks_pvalue",
+        "mechanism",
+    }
+    assert ((pairs.active_rate >= 0.25) & (pairs.active_rate <= 0.75)).equals(pairs.kept)
+    assert set(pairs.mechanism) <= {"single", "few", "distributed"}
+    assert pairs[pairs.neuron == 9].baseline.all()
