@@ -160,7 +160,8 @@ def test_table_columns_match_conventions() -> None:
     assert TABLE_COLUMNS["examples"]["tokens"] == pa.list_(pa.int64())
     assert table_schema("scores").field("auroc").nullable
     assert table_schema("explanations").field("llm_model").nullable
-    assert not table_schema("scores").field("tp").nullable
+    assert table_schema("scores").field("tp").nullable  # unscored rows carry a status
+    assert not table_schema("scores").field("n_test").nullable
     tables = {t for ts in STAGE_TABLES.values() for t in ts if "." not in t}
     assert tables == set(TABLE_COLUMNS)
     assert list(STAGE_TABLES) == list(STAGES)

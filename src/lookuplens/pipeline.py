@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lookuplens.attribute import (
     AttributeConfig,
@@ -26,6 +27,7 @@ from lookuplens.attribute import (
 from lookuplens.corpus import CorpusSpec, corpus_meta
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
+from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_run
 from lookuplens.model import LoadedModel, load_model
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
 from lookuplens.scan import ScanConfig, ScanProgress, count_documents, scan_corpus
@@ -89,6 +91,18 @@ class RunConfig:
     """Stage 4 settings (attribution methods, activity labels, pair filter)."""
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """Stage 5 settings (interventions)."""
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    """Stage 6 settings (explainer, which pairs and neurons, the LLM endpoint)."""
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """Stage 7 settings (simulator, batching). Its `tasks` must equal the explain stage's."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> RunConfig:
+        """Rebuild a config from its `dataclasses.asdict` form (run.json, a TOML file).
+
+        Unknown keys raise a `UserError` naming them; lists become tuples.
+        """
+        return _from_dict(cls, data, "config")
 
     @property
     def model_source(self) -> str:
@@ -110,7 +124,58 @@ class RunConfig:
             "examples": {"examples": dataclasses.asdict(self.examples)},
             "attribute": {"attribute": dataclasses.asdict(self.attribute)},
             "verify": {"verify": dataclasses.asdict(self.verify)},
+            "explain": {"explain": dataclasses.asdict(self.explain)},
+            "score": {"score": dataclasses.asdict(self.score)},
         }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        # Neo, Cohen & Barez (2024), see shared/PAPER.md
+        "neurons": {"top_n": 20, "token_filter": "paper", "congruence": "folded"},
+        "scan": {"k": 30, "one_per_doc": True},  # top 30 documents per neuron
+        "examples": {
+            "keep_fraction": 0.8,  # trim while the activation stays >= 0.8x
+            "max_prompt_tokens": 100,  # prompts of 100 tokens or more dropped
+            "split": "rank",  # the February version explains with the first 20 prompts
+            "n_train": 20,
+        },
+        "attribute": {
+            "label_method": "raw",  # head result . W_in, no norm
+            "label_rule": "mean_std",  # active above mean + 2 sd over candidate heads
+            "label_std": 2.0,
+            "min_active_rate": 0.25,  # pairs kept when active on 25% to 75%
+            "max_active_rate": 0.75,
+            "include_same_layer": False,  # the paper's code: earlier layers only
+        },
+    },
+}
+"""Named settings bundles: ``--preset paper`` reproduces the paper's settings."""
+
+
+def _from_dict(cls: type, data: Mapping[str, object], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where} must be a table of settings, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(
+            f"unknown setting(s) {', '.join(unknown)} in {where}; known: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, object] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 @dataclass
@@ -245,10 +310,50 @@ def _stage_verify(ctx: Context) -> str:
     return summary
 
 
+def _stage_explain(ctx: Context) -> str:
+    ctx.reporter.start("explain", None, "items")
+    table = explain_run(
+        ctx.lm, ctx.run, ctx.cfg.explain, on_progress=lambda d, n: ctx.reporter.update(d, n)
+    )
+    ctx.run.write_table("explanations", table)
+    status = table.column("status").to_pylist() if "status" in table.schema.names else []
+    ok = sum(1 for s in status if s == "ok")
+    summary = f"{ok} of {table.num_rows} explanations ({ctx.cfg.explain.explainer})"
+    ctx.reporter.finish(summary)
+    return summary
+
+
+def _stage_score(ctx: Context) -> str:
+    ctx.reporter.start("score", None, "items")
+    table, stats = score_run(
+        ctx.lm, ctx.run, ctx.cfg.score, on_progress=lambda d, n: ctx.reporter.update(d, n)
+    )
+    ctx.run.write_table("scores", table)
+    ctx.run.update_meta(score_stats=_finite(stats))
+    summary = _score_summary(stats)
+    ctx.reporter.finish(summary)
+    return summary
+
+
+def _score_summary(stats: Mapping[str, Any]) -> str:
+    def mean(group: str, which: str) -> str:
+        g = stats.get(group, {}).get(which, {}) if isinstance(stats.get(group), dict) else {}
+        m = g.get("mean") if isinstance(g, dict) else None
+        n = g.get("n") if isinstance(g, dict) else None
+        return "n/a" if m is None else f"{m:.3f} (n={n})"
+
+    return (
+        f"mean E of pairs {mean('pairs', 'selected')} vs random-neuron baseline "
+        f"{mean('pairs', 'baseline')}"
+    )
+
+
 def _finite(obj: object) -> object:
     """NaN and infinities become None (run.json is strict JSON)."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None
     return obj
@@ -262,6 +367,8 @@ STAGE_FUNCS: dict[str, StageFn] = {
     "examples": _stage_examples,
     "attribute": _stage_attribute,
     "verify": _stage_verify,
+    "explain": _stage_explain,
+    "score": _stage_score,
 }
 """The stages that exist so far, in pipeline order."""
 

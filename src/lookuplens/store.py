@@ -211,8 +211,11 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
 """Required columns and their types, per table. Tables may carry extra columns."""
 
 NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
-    "explanations": frozenset({"llm_model"}),
-    "scores": frozenset({"auroc"}),
+    # neuron-level rows have no head; failed rows (status column) have no explanation/score
+    "explanations": frozenset({"llm_model", "head_layer", "head", "explanation"}),
+    "scores": frozenset(
+        {"auroc", "head_layer", "head", "tp", "fp", "tn", "fn", "balanced_accuracy"}
+    ),
 }
 """Required columns that may hold nulls; every other required column may not."""
 

@@ -1,0 +1,414 @@
+"""The offline explainer and simulator: no network, no LLM.
+
+The explainer contrasts a task's active and inactive *training* prompts:
+
+1. every token n-gram (and every suffix) of the prompts is a candidate cue, ranked by its
+   smoothed log-odds z-score (`lookuplens.explain.features`);
+2. for a pair, the head's attention from the last (firing) position over the source
+   tokens is read (``blocks.{hl}.attn.hook_pattern``); attention-weighted token counts get
+   the same log-odds, and tokens the head looks up more on active prompts join the
+   candidates;
+3. cues are chosen greedily while they raise the training balanced accuracy of the rule
+   ``sum of the weights (log-odds) of the cues present > threshold``;
+4. each chosen cue records whether the head attends to it (mean attention from the last
+   token on active prompts against a uniform share).
+
+The rule (cues, weights, threshold) is stored as JSON in the ``features`` column; the
+explanation renders it in one to three sentences. The simulator applies the stored rule
+to held-out prompts; its score is graded (the weighted sum), so AUROC is defined.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lookuplens.explain.base import (
+    Env,
+    ExplanationResult,
+    SimulationResult,
+    StoredExplanation,
+    Task,
+)
+from lookuplens.explain.features import (
+    Background,
+    Cue,
+    cue_positions,
+    log_odds,
+    prompt_cues,
+    strip_bos,
+)
+from lookuplens.explain.metrics import best_threshold
+from lookuplens.model import LoadedModel, hook_name
+
+log = logging.getLogger(__name__)
+
+FEATURES_SCHEMA = 1
+_WORD = r"[\w'\u2019-]*"
+
+
+def last_token_attention(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    layer: int,
+    head: int,
+    batch_tokens: int = 8192,
+) -> list[np.ndarray]:
+    """Head (layer, head)'s attention from the last position of each prompt over all its
+    positions (BOS included); one array of length ``len(prompt)`` per prompt."""
+    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    pad = lm.tokenizer.pad_token_id
+    pad = pad if pad is not None else (lm.bos_token_id or 0)
+    name = hook_name(layer, "attn.hook_pattern")
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and len(prompts[order[stop]]) * (stop - start + 1) <= batch_tokens:
+            stop += 1
+        rows = order[start:stop]
+        width = max(len(prompts[r]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(prompts[r])] = torch.tensor(list(prompts[r]), dtype=torch.long)
+            mask[i, : len(prompts[r])] = 1
+        _, cache = lm.run_with_cache(ids, [name], attention_mask=mask, stop_after_layer=layer)
+        pattern = cache[name]
+        for i, r in enumerate(rows):
+            n = len(prompts[r])
+            out[r] = pattern[i, head, n - 1, :n].double().cpu().numpy()
+        start = stop
+    return out
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    cue: Cue
+    weight: float
+    z: float
+    active_rate: float
+    inactive_rate: float
+
+
+class OfflineExplainer:
+    """Explains a task by the token cues that separate its active and inactive prompts."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.cfg = env.offline
+        self.lm = env.lm
+        self.bos = env.lm.bos_token_id
+        self._background: Background | None = None
+
+    def background(self) -> Background:
+        """Cue rates over every example prompt of the run (the prior), computed once."""
+        if self._background is None:
+            tokens = self.env.run.read_table("examples").column("tokens").to_pylist()
+            self._background = Background(
+                (strip_bos(t, self.bos) for t in tokens), self.cfg.max_ngram
+            )
+        return self._background
+
+    def explain(self, task: Task) -> ExplanationResult:
+        cfg = self.cfg
+        y = np.array([it.active for it in task.train], dtype=bool)
+        if not y.any() or y.all():
+            what = "active" if y.any() else "inactive"
+            return ExplanationResult(
+                None,
+                "one_class",
+                note=f"all {len(y)} training prompts are {what}; there is nothing to contrast",
+            )
+        bodies = [strip_bos(it.tokens, self.bos) for it in task.train]
+        cues = [prompt_cues(b, cfg.max_ngram) for b in bodies]
+        n_a, n_i = int(y.sum()), int((~y).sum())
+        cnt_a: Counter[Cue] = Counter()
+        cnt_i: Counter[Cue] = Counter()
+        for c, act in zip(cues, y, strict=True):
+            (cnt_a if act else cnt_i).update(c)
+        keys = sorted(k for k in set(cnt_a) | set(cnt_i) if cnt_a[k] + cnt_i[k] >= cfg.min_count)
+        bg = self.background()
+        ya = np.array([cnt_a[k] for k in keys], dtype=np.float64)
+        yi = np.array([cnt_i[k] for k in keys], dtype=np.float64)
+        prior = np.array([bg.rate(k) for k in keys])
+        delta, z = log_odds(ya, n_a, yi, n_i, prior, cfg.prior_strength)
+        index = {k: j for j, k in enumerate(keys)}
+
+        attn: list[np.ndarray] | None = None
+        attended_tokens: list[dict[str, object]] = []
+        extra: list[int] = []
+        if task.head is not None and task.head_layer is not None:
+            full = last_token_attention(
+                self.lm,
+                [it.tokens for it in task.train],
+                task.head_layer,
+                task.head,
+                self.env.tasks.batch_tokens,
+            )
+            attn = [a[len(a) - len(b) :] for a, b in zip(full, bodies, strict=True)]
+            attended_tokens, extra = self._attended(bodies, attn, y, index)
+
+        order = sorted(
+            (j for j in range(len(keys)) if abs(z[j]) >= cfg.min_z),
+            key=lambda j: (-abs(z[j]), len(keys[j][1]), keys[j]),
+        )
+        pool = order[: cfg.max_candidates]
+        pool += [j for j in extra if j not in pool]
+        chosen, threshold, train_ba = self._select(pool, keys, delta, cues, y)
+        picks = [
+            _Chosen(keys[j], float(delta[j]), float(z[j]), ya[j] / n_a, yi[j] / n_i) for j in chosen
+        ]
+        feats = [self._feature(c, bodies, attn, y) for c in picks]
+        texts_active = [it.text for it in task.train if it.active]
+        spec = {
+            "schema": FEATURES_SCHEMA,
+            "rule": "weighted_sum",
+            "target": task.kind,
+            "threshold": threshold,
+            "train_balanced_accuracy": train_ba,
+            "n_train_active": n_a,
+            "n_train_inactive": n_i,
+            "features": feats,
+            "attended_tokens": attended_tokens,
+        }
+        text = self._render(task, feats, attended_tokens, texts_active, train_ba)
+        return ExplanationResult(
+            text,
+            "ok",
+            note=None if feats else "no cue separates the training prompts",
+            features=json.dumps(spec, ensure_ascii=False, sort_keys=True),
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _attended(
+        self,
+        bodies: Sequence[tuple[int, ...]],
+        attn: Sequence[np.ndarray],
+        y: np.ndarray,
+        index: dict[Cue, int],
+    ) -> tuple[list[dict[str, object]], list[int]]:
+        """Tokens the head looks up more on active prompts (attention-weighted log-odds),
+        and the candidate indices of those that pass `min_z`."""
+        mass_a: dict[int, float] = defaultdict(float)
+        mass_i: dict[int, float] = defaultdict(float)
+        tot = [0.0, 0.0]
+        for b, a, act in zip(bodies, attn, y, strict=True):
+            target = mass_a if act else mass_i
+            for tok, m in zip(b, a, strict=True):
+                target[tok] += float(m)
+            tot[0 if act else 1] += float(a.sum())
+        toks = sorted(set(mass_a) | set(mass_i))
+        if not toks or min(tot) <= 0:
+            return [], []
+        ma = np.array([mass_a.get(t, 0.0) for t in toks])
+        mi = np.array([mass_i.get(t, 0.0) for t in toks])
+        prior = (ma + mi) / (tot[0] + tot[1])
+        _, z = log_odds(ma, tot[0], mi, tot[1], prior, self.cfg.prior_strength)
+        n_a, n_i = int(y.sum()), int((~y).sum())
+        ranked = sorted((j for j in range(len(toks)) if z[j] > 0), key=lambda j: (-z[j], toks[j]))
+        top = [
+            {
+                "id": int(toks[j]),
+                "text": self.lm.tokenizer.decode([int(toks[j])]),
+                "mean_attention_active": float(ma[j] / n_a),
+                "mean_attention_inactive": float(mi[j] / n_i),
+                "z": float(z[j]),
+            }
+            for j in ranked[: self.cfg.n_attended_tokens]
+        ]
+        extra = [
+            index[("contains", (toks[j],))]
+            for j in ranked
+            if z[j] >= self.cfg.min_z and ("contains", (toks[j],)) in index
+        ]
+        return top, extra
+
+    def _select(
+        self,
+        pool: list[int],
+        keys: list[Cue],
+        delta: np.ndarray,
+        cues: list[set[Cue]],
+        y: np.ndarray,
+    ) -> tuple[list[int], float, float]:
+        """Greedy forward selection on the training balanced accuracy."""
+        x = np.array([[keys[j] in c for j in pool] for c in cues], dtype=np.float64)
+        x = x.reshape(len(cues), len(pool))
+        w = delta[pool] if pool else np.empty(0)
+        chosen: list[int] = []
+        best_ba = 0.5
+        threshold = -1.0 if y.mean() > 0.5 else 0.0  # no cue: predict the majority
+        for _ in range(self.cfg.max_features):
+            best: tuple[int, float, float] | None = None
+            for p in range(len(pool)):
+                if p in chosen:
+                    continue
+                cols = [*chosen, p]
+                t, ba = best_threshold(x[:, cols] @ w[cols], y)
+                if best is None or ba > best[1] + 1e-12:
+                    best = (p, ba, t)
+            if best is None or best[1] < best_ba + self.cfg.min_gain:
+                break
+            chosen.append(best[0])
+            best_ba, threshold = best[1], best[2]
+        return [pool[p] for p in chosen], float(threshold), float(best_ba)
+
+    def _feature(
+        self,
+        c: _Chosen,
+        bodies: Sequence[tuple[int, ...]],
+        attn: Sequence[np.ndarray] | None,
+        y: np.ndarray,
+    ) -> dict[str, object]:
+        kind, gram = c.cue
+        out: dict[str, object] = {
+            "kind": kind,
+            "ids": list(gram),
+            "text": self.lm.tokenizer.decode(list(gram)),
+            "weight": c.weight,
+            "z": c.z,
+            "active_rate": c.active_rate,
+            "inactive_rate": c.inactive_rate,
+            "attended": None,
+            "attention_active": None,
+            "attention_inactive": None,
+            "attention_uniform": None,
+        }
+        if attn is None:
+            return out
+        per: dict[bool, list[float]] = {True: [], False: []}
+        uniform: list[float] = []
+        for b, a, act in zip(bodies, attn, y, strict=True):
+            pos = cue_positions(b, c.cue)
+            if not pos:
+                continue
+            per[bool(act)].append(float(a[pos].sum()))
+            if act:
+                uniform.append(len(pos) / max(len(b), 1))
+        if per[True]:
+            att = float(np.mean(per[True]))
+            uni = float(np.mean(uniform))
+            out["attention_active"] = att
+            out["attention_uniform"] = uni
+            out["attended"] = bool(
+                att >= self.cfg.attention_min_mass and att >= self.cfg.attention_min_ratio * uni
+            )
+        if per[False]:
+            out["attention_inactive"] = float(np.mean(per[False]))
+        return out
+
+    def _show(self, text: str, kind: str, texts: Sequence[str]) -> str:
+        core = text.strip()
+        if not core:
+            return repr(text)
+        shown = f'"{core}"'
+        if kind != "contains":
+            return shown
+        words = Counter(
+            m.group(0) for t in texts for m in re.finditer(_WORD + re.escape(core) + _WORD, t)
+        )
+        if core in words or not words:
+            return shown
+        examples = ", ".join(f'"{w}"' for w, _ in words.most_common(3))
+        return f"{shown} (as in {examples})"
+
+    def _conditions(self, feats: Sequence[dict[str, object]], texts: Sequence[str]) -> str:
+        parts = []
+        for kind, verb in (("contains", "contains"), ("ends_with", "ends with")):
+            names = [self._show(str(f["text"]), kind, texts) for f in feats if f["kind"] == kind]
+            if names:
+                listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+                parts.append(f"{verb} {listed}")
+        return ", or ".join(parts)
+
+    def _render(
+        self,
+        task: Task,
+        feats: Sequence[dict[str, object]],
+        attended_tokens: Sequence[dict[str, object]],
+        texts: Sequence[str],
+        train_ba: float,
+    ) -> str:
+        pair = task.kind == "pair"
+        subject = "The head is active" if pair else "The neuron fires"
+        pos = [f for f in feats if float(f["weight"]) > 0]  # type: ignore[arg-type]
+        neg = [f for f in feats if float(f["weight"]) <= 0]  # type: ignore[arg-type]
+        sentences = []
+        if pos:
+            sentences.append(f"{subject} when the prompt {self._conditions(pos, texts)}.")
+        elif neg:
+            sentences.append(f"{subject} unless the prompt {self._conditions(neg, texts)}.")
+        else:
+            what = "the head is active" if pair else "the neuron fires"
+            sentences.append(
+                f"No word or phrase of the prompts tells when {what} (training balanced "
+                f"accuracy {train_ba:.2f})."
+            )
+        if pair:
+            looked = [f for f in pos if f["attended"]]
+            if looked:
+                names = ", ".join(self._show(str(f["text"]), "", texts) for f in looked)
+                mean = float(np.mean([float(f["attention_active"]) for f in looked]))  # type: ignore[arg-type]
+                sentences.append(
+                    f"From the last token the head attends to {names} "
+                    f"(mean attention {mean:.2f} on active prompts)."
+                )
+            elif attended_tokens:
+                names = ", ".join(self._show(str(t["text"]), "", texts) for t in attended_tokens)
+                sentences.append(
+                    f"From the last token the head attends more to {names} on active prompts."
+                )
+        if pos and neg:
+            off = "inactive" if pair else "silent"
+            sentences.append(f"It is {off} when the prompt {self._conditions(neg, texts)}.")
+        return " ".join(sentences[:3])
+
+
+class OfflineSimulator:
+    """Applies an offline explanation's stored rule to held-out prompts."""
+
+    def __init__(self, env: Env) -> None:
+        self.bos = env.lm.bos_token_id
+
+    def simulate(self, task: Task, explanation: StoredExplanation) -> SimulationResult:
+        if explanation.features is None:
+            return SimulationResult(
+                None,
+                None,
+                "unsupported",
+                note=(
+                    f"the {explanation.explainer!r} explanation has no machine-usable features; "
+                    "score it with the llm scorer"
+                ),
+            )
+        try:
+            spec = json.loads(explanation.features)
+            if spec.get("schema") != FEATURES_SCHEMA:
+                raise ValueError(f"features schema {spec.get('schema')!r}")
+            rule = [
+                ((str(f["kind"]), tuple(int(i) for i in f["ids"])), float(f["weight"]))
+                for f in spec["features"]
+            ]
+            threshold = float(spec["threshold"])
+        except (ValueError, KeyError, TypeError) as e:
+            return SimulationResult(
+                None,
+                None,
+                "unsupported",
+                note=f"unreadable features ({e}); rerun the explain stage",
+            )
+        scores = []
+        for it in task.test:
+            body = strip_bos(it.tokens, self.bos)
+            scores.append(sum(w for cue, w in rule if cue_positions(body, cue)))
+        return SimulationResult(
+            tuple(s > threshold for s in scores), tuple(float(s) for s in scores), "ok"
+        )

@@ -1,0 +1,170 @@
+"""The offline explainer and simulator on a run directory with planted labels."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from conftest import (
+    BASELINE_PAIR,
+    DROPPED_PAIR,
+    ONE_CLASS_PAIR,
+    PLANTED_PAIR,
+    RANDOM_PAIR,
+)
+from lookuplens.explain import (
+    ExplainConfig,
+    ScoreConfig,
+    StoredExplanation,
+    TaskConfig,
+    explain_run,
+    load_tasks,
+    score_run,
+)
+from lookuplens.explain.base import Env
+from lookuplens.explain.config import LLMConfig, OfflineConfig
+from lookuplens.explain.errors import ExplainConfigError
+from lookuplens.explain.offline import OfflineSimulator, last_token_attention
+from lookuplens.model import hook_name
+
+
+def _rows(table: pa.Table) -> dict[tuple, dict]:
+    return {(r["layer"], r["neuron"], r["head_layer"], r["head"]): r for r in table.to_pylist()}
+
+
+@pytest.fixture
+def explained(tiny_lm, run_dir):
+    table = explain_run(tiny_lm, run_dir, ExplainConfig())
+    run_dir.write_table("explanations", table)
+    return table
+
+
+def test_offline_explainer_names_the_planted_tokens(explained):
+    rows = _rows(explained)
+    assert DROPPED_PAIR not in rows  # not kept
+    for pair in (PLANTED_PAIR, BASELINE_PAIR):
+        r = rows[pair]
+        assert r["status"] == "ok" and r["llm_model"] is None
+        assert "owl" in r["explanation"] and "apple" in r["explanation"]
+        assert r["explanation"].startswith("The head is active when the prompt contains")
+        assert 1 <= r["explanation"].count(".") <= 3
+        feats = json.loads(r["features"])
+        shown = {f["text"].strip() for f in feats["features"] if f["weight"] > 0}
+        assert shown == {"owl", "apple"}
+        assert feats["train_balanced_accuracy"] == 1.0
+        # the attention part is machine-usable: measured, with a verdict
+        assert all(f["attended"] in (True, False) for f in feats["features"])
+        assert all(0 <= f["attention_active"] <= 1 for f in feats["features"])
+    assert rows[BASELINE_PAIR]["baseline"] and not rows[PLANTED_PAIR]["baseline"]
+    assert rows[PLANTED_PAIR]["prompt_tokens"] == 0  # offline: no LLM
+
+
+def test_offline_scores(tiny_lm, run_dir, explained, capsys):
+    scores, stats = score_run(tiny_lm, run_dir, ScoreConfig())
+    run_dir.write_table("scores", scores)
+    rows = _rows(scores)
+    planted = rows[PLANTED_PAIR]
+    print(
+        "offline E: planted",
+        planted["balanced_accuracy"],
+        "baseline planted",
+        rows[BASELINE_PAIR]["balanced_accuracy"],
+        "random labels",
+        rows[RANDOM_PAIR]["balanced_accuracy"],
+    )
+    assert planted["status"] == "ok" and planted["n_test"] == 18
+    assert planted["balanced_accuracy"] >= 0.9
+    assert planted["auroc"] >= 0.9
+    assert planted["tp"] + planted["fn"] == planted["n_test_active"]
+    assert rows[BASELINE_PAIR]["balanced_accuracy"] >= 0.9 and rows[BASELINE_PAIR]["baseline"]
+    assert 0.25 <= rows[RANDOM_PAIR]["balanced_accuracy"] <= 0.75
+    lacking = rows[ONE_CLASS_PAIR]
+    assert lacking["status"] == "one_class" and "undefined" in lacking["note"]
+    assert lacking["balanced_accuracy"] is None and lacking["tp"] is None
+    assert lacking["n_test"] == 18 and lacking["n_test_active"] == 0
+
+    sel, base = stats["pairs"]["selected"], stats["pairs"]["baseline"]
+    assert sel["rows"] == 3 and sel["n"] == 2 and sel["unscored"] == {"one_class": 1}
+    expected = (planted["balanced_accuracy"] + rows[RANDOM_PAIR]["balanced_accuracy"]) / 2
+    assert sel["mean"] == pytest.approx(expected)
+    assert base["n"] == 1 and base["mean"] >= 0.9
+    json.dumps(stats, allow_nan=False)  # serialisable as is
+
+
+def test_neuron_tasks_contrast_firing_and_other_contexts(tiny_lm, run_dir):
+    cfg = TaskConfig(targets="neurons")
+    tasks = load_tasks(tiny_lm, run_dir, cfg)
+    assert [(t.layer, t.neuron, t.head) for t in tasks] == [
+        (1, 3, None),
+        (1, 7, None),
+        (1, 11, None),
+    ]
+    river = tasks[2]
+    # balanced: as many non-firing contexts as own examples, per split
+    assert sum(it.active for it in river.train) == 30 == sum(not it.active for it in river.train)
+    assert sum(not it.active for it in river.test) == 18
+    own = {it.example_id for it in river.train + river.test if it.active}
+    assert not any(it.text.endswith("river") for it in river.test if not it.active)
+    assert len(own) == 48
+
+    table = explain_run(tiny_lm, run_dir, ExplainConfig(tasks=cfg))
+    assert table.column("head").null_count == table.num_rows == 3
+    run_dir.write_table("explanations", table)
+    row = _rows(table)[(1, 11, None, None)]
+    assert row["explanation"].startswith("The neuron fires when the prompt")
+    assert "river" in row["explanation"]
+    scores, stats = score_run(tiny_lm, run_dir, ScoreConfig(tasks=cfg))
+    run_dir.write_table("scores", scores)
+    assert _rows(scores)[(1, 11, None, None)]["balanced_accuracy"] >= 0.9
+    assert stats["neurons"]["baseline"]["n"] == 1 and stats["pairs"]["selected"]["rows"] == 0
+
+
+def test_a_neuron_without_non_firing_contexts_is_reported(tiny_lm, run_dir):
+    examples = run_dir.read_table("examples")
+    acts = [
+        0.0 if n == 7 else a
+        for n, a in zip(
+            examples.column("neuron").to_pylist(),
+            examples.column("trimmed_activation").to_pylist(),
+            strict=True,
+        )
+    ]
+    i = examples.column_names.index("trimmed_activation")
+    run_dir.write_table("examples", examples.set_column(i, "trimmed_activation", pa.array(acts)))
+    cfg = TaskConfig(targets="neurons")
+    table = explain_run(tiny_lm, run_dir, ExplainConfig(tasks=cfg))
+    row = _rows(table)[(1, 7, None, None)]
+    assert row["status"] == "one_class" and row["explanation"] is None and row["features"] is None
+    run_dir.write_table("explanations", table)
+    scores, stats = score_run(tiny_lm, run_dir, ScoreConfig(tasks=cfg))
+    row = _rows(scores)[(1, 7, None, None)]
+    assert row["status"] == "one_class" and row["balanced_accuracy"] is None
+    assert stats["neurons"]["selected"]["unscored"] == {"one_class": 1}
+
+
+def test_offline_simulator_refuses_llm_explanations(tiny_lm, run_dir):
+    env = Env(tiny_lm, run_dir, TaskConfig(), OfflineConfig(), LLMConfig())
+    task = load_tasks(tiny_lm, run_dir, TaskConfig(targets="pairs"))[0]
+    res = OfflineSimulator(env).simulate(task, StoredExplanation("llm", "Active on owls.", None))
+    assert res.status == "unsupported" and res.predicted is None and "llm scorer" in res.note
+
+
+def test_score_needs_explanations_of_that_explainer(tiny_lm, run_dir, explained):
+    with pytest.raises(ExplainConfigError, match="lookuplens explain --explainer llm"):
+        score_run(tiny_lm, run_dir, ScoreConfig(explainer="llm"))
+
+
+def test_last_token_attention_matches_unbatched(tiny_lm):
+    prompts = [[0, 261, 288, 269], [0, 261, 288, 269, 270, 298, 268], [0, 5]]
+    batched = last_token_attention(tiny_lm, prompts, 1, 2, batch_tokens=64)
+    import torch
+
+    for p, got in zip(prompts, batched, strict=True):
+        name = hook_name(1, "attn.hook_pattern")
+        _, cache = tiny_lm.run_with_cache(torch.tensor([p]), [name], stop_after_layer=1)
+        want = cache[name][0, 2, -1].double().numpy()
+        assert got.shape == (len(p),)
+        assert abs(got.sum() - 1) < 1e-5
+        assert max(abs(got - want)) < 1e-5
