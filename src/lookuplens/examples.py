@@ -1,10 +1,10 @@
 """Stage 3: prompts cut to end at the firing token, trimmed from the left, split.
 
 Each top firing (document, position) becomes a prompt that ends at the firing token.
-Its start then moves right to the *latest* start whose activation at the last token is
-still at least `keep_fraction` (0.8, the paper's rule) of the original: candidate
-starts are evaluated from the latest backwards, in batches (one forward pass per batch
-of candidates, not one per step), and the first that passes wins. A trimmed prompt is
+Its start then moves right as far as the activation at the last token stays at least
+`keep_fraction` (0.8, the paper's rule) of the original, found by the paper's binary
+search on the start, batched: each round evaluates several candidate starts of every
+firing in one forward pass (`trim_prompts`). A trimmed prompt is
 ``[BOS] + doc_tokens[start : position + 1]`` (the BOS rule of `lookuplens.corpus`,
 so every stage sees prompts the same way); `start` indexes the BOS-prefixed document.
 Prompts longer than `max_prompt_tokens` are dropped, duplicates (same neuron, same
@@ -37,8 +37,8 @@ class ExamplesConfig:
     """Trim from the left while the activation stays at least this fraction (the paper: 0.8)."""
     max_prompt_tokens: int = 100
     """Drop prompts of this many tokens or more, BOS included (the paper: 100)."""
-    window: int = 16
-    """Candidate starts evaluated per forward pass and example."""
+    window: int = 8
+    """Candidate starts evaluated per example in each round of the batched binary search."""
     batch_tokens: int = 8192
     """Padded tokens per forward batch."""
     split: Literal["random", "rank"] = "random"
@@ -132,50 +132,97 @@ def trim_prompts(
     activations: Sequence[float],
     cfg: ExamplesConfig,
 ) -> list[Trimmed | None]:
-    """The latest start keeping the activation, per firing; None when none fits the cap.
+    """The trimmed start of each firing; None when no start within the cap keeps it.
 
     ``contexts[i]`` is the BOS-prefixed document, ``positions[i]`` the firing position in
-    it, ``activations[i]`` the activation there.
+    it, ``activations[i]`` the activation there. The search is the paper's binary search
+    on the start, batched: a first round gallops from the right (starts 1, 2, 4, ...
+    tokens before the firing token, so short contexts cost little), then it keeps an
+    interval (lo, hi) where start lo keeps at least
+    `keep_fraction` of the activation and start hi does not (hi = position + 1 means the
+    empty prompt), evaluates `window` evenly spaced starts inside it in one forward pass
+    for all examples at once, and narrows it to the latest passing start and the first
+    failing start after it, until hi = lo + 1. The result keeps the activation, and
+    trimming one more token does not.
     """
     bos = int(contexts[0][0]) if len(contexts) and lm.bos_token_id is not None else None
     n = len(contexts)
-    result: list[Trimmed | None] = [None] * n
     first_start = 1 if bos is not None else 0
-    # the start furthest left allowed by the cap
-    min_start = [
-        max(first_start, positions[i] + 1 - (cfg.max_prompt_tokens - 1 - (bos is not None)))
+    body_cap = cfg.max_prompt_tokens - 1 - (bos is not None)  # longest body under the cap
+    lo = [max(first_start, int(positions[i]) + 1 - body_cap) for i in range(n)]
+    hi = [int(positions[i]) + 1 for i in range(n)]
+    lo_val: list[float | None] = [None] * n
+
+    def passes(i: int, v: float) -> bool:
+        a = activations[i]
+        # the rule needs a positive activation; a non-positive one must not drop further
+        return v >= (cfg.keep_fraction * a if a > 0 else a)
+
+    def evaluate(jobs: list[tuple[int, int]]) -> np.ndarray:
+        prompts = [
+            ([bos] if bos is not None else []) + contexts[i][s : positions[i] + 1].tolist()
+            for i, s in jobs
+        ]
+        return neuron_activation_at(lm, prompts, [neurons[i] for i, _ in jobs], cfg.batch_tokens)
+
+    # round 0, galloping from the right: starts 1, 2, 4, 8, ... tokens before the end and
+    # the furthest start the cap allows; the latest passing one becomes lo, the next
+    # later candidate (failing) hi. No passing start at all: the firing is dropped.
+    jobs0: list[tuple[int, int]] = []
+    full: dict[int, float] = {}
+    for i in range(n):
+        # the whole document prefix is the scanned context itself: it keeps the activation
+        starts = set() if lo[i] == first_start else {lo[i]}
+        if lo[i] == first_start:
+            full[i] = float(activations[i])
+        d = 1
+        while hi[i] - d > lo[i]:
+            starts.add(hi[i] - d)
+            d *= 2
+        jobs0 += [(i, st) for st in sorted(starts)]
+    vals = evaluate(jobs0)
+    alive = []
+    by_ex0: dict[int, list[tuple[int, float]]] = {}
+    for (i, st), v in zip(jobs0, vals, strict=True):
+        by_ex0.setdefault(i, []).append((st, float(v)))
+    for i, a in full.items():
+        by_ex0[i] = [(first_start, a), *by_ex0.get(i, [])]
+    for i, pts in sorted(by_ex0.items()):
+        best = max((j for j, (_st, v) in enumerate(pts) if passes(i, v)), default=None)
+        if best is None:
+            continue
+        lo[i], lo_val[i] = pts[best]
+        if best + 1 < len(pts):
+            hi[i] = pts[best + 1][0]
+        alive.append(i)
+    pending = [i for i in alive if hi[i] - lo[i] > 1]
+    while pending:
+        jobs: list[tuple[int, int]] = []
+        for i in pending:
+            gap = hi[i] - lo[i]
+            k = min(cfg.window, gap - 1)
+            points = sorted({lo[i] + round(gap * (j + 1) / (k + 1)) for j in range(k)})
+            jobs += [(i, s) for s in points if lo[i] < s < hi[i]]
+        vals = evaluate(jobs)
+        by_example: dict[int, list[tuple[int, float]]] = {}
+        for (i, s), v in zip(jobs, vals, strict=True):
+            by_example.setdefault(i, []).append((s, float(v)))
+        for i, pts in by_example.items():
+            last_pass = None
+            for j, (_s, v) in enumerate(pts):
+                if passes(i, v):
+                    last_pass = j
+            if last_pass is not None:
+                lo[i], lo_val[i] = pts[last_pass]
+            if last_pass is None:
+                hi[i] = pts[0][0]
+            elif last_pass + 1 < len(pts):
+                hi[i] = pts[last_pass + 1][0]
+        pending = [i for i in pending if hi[i] - lo[i] > 1]
+    return [
+        Trimmed(lo[i], float(lo_val[i])) if lo_val[i] is not None else None  # type: ignore[arg-type]
         for i in range(n)
     ]
-    next_start = [int(positions[i]) for i in range(n)]  # latest candidate still to try
-    pending = [i for i in range(n) if next_start[i] >= min_start[i]]
-    while pending:
-        prompts: list[list[int]] = []
-        owners: list[tuple[int, int]] = []
-        for i in pending:
-            lo = max(min_start[i], next_start[i] - cfg.window + 1)
-            for s in range(next_start[i], lo - 1, -1):
-                body = contexts[i][s : positions[i] + 1].tolist()
-                prompts.append(([bos] if bos is not None else []) + body)
-                owners.append((i, s))
-        vals = neuron_activation_at(lm, prompts, [neurons[i] for i, _ in owners], cfg.batch_tokens)
-        found: dict[int, tuple[int, float]] = {}
-        for (i, s), v in zip(owners, vals, strict=True):
-            if i in found:
-                continue
-            a = activations[i]
-            # the rule needs a positive activation; a non-positive one must not drop further
-            if v >= (cfg.keep_fraction * a if a > 0 else a):
-                found[i] = (s, float(v))  # owners are in decreasing start order per example
-        still = []
-        for i in pending:
-            if i in found:
-                result[i] = Trimmed(*found[i])
-            else:
-                next_start[i] = max(min_start[i], next_start[i] - cfg.window + 1) - 1
-                if next_start[i] >= min_start[i]:
-                    still.append(i)
-        pending = still
-    return result
 
 
 def build_examples(

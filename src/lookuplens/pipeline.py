@@ -30,6 +30,7 @@ from lookuplens.examples import ExamplesConfig, build_examples
 from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_run
 from lookuplens.model import LoadedModel, load_model
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
+from lookuplens.report import ReportConfig, write_report
 from lookuplens.scan import ScanConfig, ScanProgress, count_documents, scan_corpus
 from lookuplens.store import STAGES, RunDir
 from lookuplens.verify import VerifyConfig, method_agreement, verify_run
@@ -95,6 +96,8 @@ class RunConfig:
     """Stage 6 settings (explainer, which pairs and neurons, the LLM endpoint)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Stage 7 settings (simulator, batching). Its `tasks` must equal the explain stage's."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Report settings (how many neurons, pairs and prompts are shown)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RunConfig:
@@ -126,6 +129,7 @@ class RunConfig:
             "verify": {"verify": dataclasses.asdict(self.verify)},
             "explain": {"explain": dataclasses.asdict(self.explain)},
             "score": {"score": dataclasses.asdict(self.score)},
+            "report": {"report": dataclasses.asdict(self.report)},
         }
 
 
@@ -216,6 +220,12 @@ def _stage_neurons(ctx: Context) -> str:
     )
     sel = table.column("selected").to_pylist()
     base = table.column("baseline").to_pylist()
+    if not any(sel):
+        raise UserError(
+            "no neuron was selected: no top token passed the token filter "
+            f"({ctx.cfg.neurons.token_filter!r}) in the layers searched; pass --token-filter "
+            "none, search more --layers, or aim at tokens with --tokens"
+        )
     summary = f"{sum(sel)} next-token neurons selected, {sum(base)} baseline neurons"
     ctx.reporter.finish(summary)
     return summary
@@ -335,6 +345,18 @@ def _stage_score(ctx: Context) -> str:
     return summary
 
 
+def _stage_report(ctx: Context) -> str:
+    ctx.reporter.start("report", None, "sections")
+    if ctx.cfg.corpus.source == "storyworld" and not ctx.cfg.model:
+        # the bundled model on its own corpus: compare with the planted mechanisms
+        from lookuplens.zoo.ground_truth import compare
+
+        ctx.run.update_meta(ground_truth=_finite(compare(ctx.run, ctx.lm)))
+    path = write_report(ctx.run, ctx.lm, ctx.cfg.report)
+    ctx.reporter.finish(str(path))
+    return str(path)
+
+
 def _score_summary(stats: Mapping[str, Any]) -> str:
     def mean(group: str, which: str) -> str:
         g = stats.get(group, {}).get(which, {}) if isinstance(stats.get(group), dict) else {}
@@ -369,6 +391,7 @@ STAGE_FUNCS: dict[str, StageFn] = {
     "verify": _stage_verify,
     "explain": _stage_explain,
     "score": _stage_score,
+    "report": _stage_report,
 }
 """The stages that exist so far, in pipeline order."""
 

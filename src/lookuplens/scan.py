@@ -163,7 +163,7 @@ def _shard_table(neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats) 
     return pa.concat_tables([t1, t2])
 
 
-def _merge(
+def merge_shards(
     neurons: Sequence[tuple[int, int]], shards: list[pa.Table], k: int
 ) -> tuple[pa.Table, pa.Table]:
     n = len(neurons)
@@ -260,6 +260,52 @@ class NeuronReader:
         return out
 
 
+def scan_shard(
+    reader: NeuronReader,
+    chunk: Sequence[TokenizedDoc],
+    cfg: ScanConfig,
+    pad: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> pa.Table:
+    """The partial result of one shard: its top-k candidates and activation sums.
+
+    Shards are independent: results of any shards, in shard order, merge exactly with
+    `merge_shards` (used by the local loop and by distributed backends).
+    """
+    n = len(reader.neurons)
+    top = _TopK(n, cfg.k)
+    stats = _Stats(n)
+    for batch in make_batches(chunk, cfg.batch_tokens, pad):
+        acts = reader.run(batch.input_ids, batch.attention_mask)
+        valid = batch.attention_mask.bool()
+        stats.add(acts, valid)
+        masked = acts.masked_fill(~valid[:, :, None], -torch.inf).double()
+        doc_ids = np.array(batch.doc_ids, dtype=np.int64)
+        if cfg.one_per_doc:
+            v, p = masked.max(dim=1)  # [b, n]
+            top.add(
+                v.T.numpy(),
+                np.broadcast_to(doc_ids, (n, len(doc_ids))).copy(),
+                p.T.numpy().astype(np.int64),
+            )
+        else:
+            b, p_len = masked.shape[:2]
+            flat = masked.reshape(b * p_len, n).T.numpy()  # rows in (doc, pos) order
+            kk = min(cfg.k, flat.shape[1])
+            part = np.argpartition(-flat, kk - 1, axis=1)[:, :kk]
+            part.sort(axis=1)  # back to (doc, position) order
+            top.add(np.take_along_axis(flat, part, axis=1), doc_ids[part // p_len], part % p_len)
+        if on_batch is not None:
+            on_batch(len(batch.doc_ids), batch.n_tokens)
+    return _shard_table(reader.neurons, top, stats)
+
+
+def pad_id(lm: LoadedModel) -> int:
+    """The id used to pad batches (the tokenizer's pad, else BOS, else 0)."""
+    pad = lm.tokenizer.pad_token_id
+    return int(pad if pad is not None else (lm.bos_token_id or 0))
+
+
 def count_documents(spec: CorpusSpec) -> int | None:
     """Documents in a local or bundled source (None for streamed hub datasets)."""
     if source_kind(spec.source) == "hf":
@@ -287,9 +333,7 @@ def scan_corpus(
             "and the token filter)"
         )
     reader = NeuronReader(lm, neurons)
-    n = len(neurons)
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
+    pad = pad_id(lm)
     total_docs = count_documents(spec)
     hasher = CorpusHasher()
     docs: Iterator[TokenizedDoc] = hasher.track(iter_tokenized(spec, lm.tokenizer, lm.max_context))
@@ -307,37 +351,17 @@ def scan_corpus(
         if i in done and shards is not None:
             results.append(shards.read(i))
         else:
-            top = _TopK(n, cfg.k)
-            stats = _Stats(n)
-            for batch in make_batches(chunk, cfg.batch_tokens, pad):
-                acts = reader.run(batch.input_ids, batch.attention_mask)
-                valid = batch.attention_mask.bool()
-                stats.add(acts, valid)
-                masked = acts.masked_fill(~valid[:, :, None], -torch.inf).double()
-                doc_ids = np.array(batch.doc_ids, dtype=np.int64)
-                if cfg.one_per_doc:
-                    v, p = masked.max(dim=1)  # [b, n]
-                    top.add(
-                        v.T.numpy(),
-                        np.broadcast_to(doc_ids, (n, len(doc_ids))).copy(),
-                        p.T.numpy().astype(np.int64),
-                    )
-                else:
-                    b, p_len = masked.shape[:2]
-                    flat = masked.reshape(b * p_len, n).T.numpy()  # rows in (doc, pos) order
-                    kk = min(cfg.k, flat.shape[1])
-                    part = np.argpartition(-flat, kk - 1, axis=1)[:, :kk]
-                    part.sort(axis=1)  # back to (doc, position) order
-                    top.add(
-                        np.take_along_axis(flat, part, axis=1), doc_ids[part // p_len], part % p_len
-                    )
-                seen_docs += len(batch.doc_ids)
-                seen_tokens += batch.n_tokens
+
+            def on_batch(docs_: int, tokens_: int) -> None:
+                nonlocal seen_docs, seen_tokens
+                seen_docs += docs_
+                seen_tokens += tokens_
                 if on_progress is not None:
                     on_progress(
                         ScanProgress(seen_docs, seen_tokens, total_docs, time.perf_counter() - t0)
                     )
-            table = _shard_table(neurons, top, stats)
+
+            table = scan_shard(reader, chunk, cfg, pad, on_batch)
             if shards is not None:
                 shards.write(i, table)
             results.append(table)
@@ -357,5 +381,5 @@ def scan_corpus(
             f"the run directory holds scan shards {sorted(stale)} beyond the corpus's {i} shards; "
             "the corpus changed since the scan started: pass --overwrite scan"
         )
-    topk, stats_t = _merge(neurons, results, cfg.k)
+    topk, stats_t = merge_shards(neurons, results, cfg.k)
     return ScanResult(topk=topk, stats=stats_t, corpus=hasher.result())

@@ -1,0 +1,14 @@
+"""The static HTML report of a run directory.
+
+`write_report` writes ``report.html`` (one self-contained page: no network, no external
+fonts or scripts, readable with JavaScript off) and ``figures/*.svg`` into the run
+directory; `build_report` returns the page. Every table is optional: the report shows
+what exists and names the stages still missing. With the run's model, the prompts shown
+are shaded by the neuron's activation at each token and by each kept head's attention
+from the last token.
+"""
+
+from lookuplens.report.build import Report, build_report, render_report, write_report
+from lookuplens.report.config import ReportConfig
+
+__all__ = ["Report", "ReportConfig", "build_report", "render_report", "write_report"]

@@ -1,0 +1,288 @@
+"""Assemble the report page and write it, with its figures, into the run directory."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from lookuplens.model import LoadedModel
+from lookuplens.report.assets import CSS, SCRIPT, script_hash
+from lookuplens.report.compute import (
+    ModelViews,
+    check_model_matches,
+    last_position_attention,
+    neuron_activations,
+    vocab_tokens,
+)
+from lookuplens.report.config import ReportConfig
+from lookuplens.report.data import ReportPlan, RunTables, load_run, plan_report
+from lookuplens.report.details import (
+    Lookup,
+    neuron_anchor,
+    neuron_section,
+    pair_anchor,
+    pair_section,
+)
+from lookuplens.report.markup import Html, esc
+from lookuplens.report.overview import Figure, e_histogram_section, overview_section
+from lookuplens.report.tokens import TokenText, token_label
+from lookuplens.store import RunDir, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Report", "build_report", "render_report", "write_report"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A rendered report: the page and the figures saved next to it."""
+
+    html: str
+    figures: tuple[Figure, ...]
+
+
+class _Decoder:
+    """Token id -> text, cached."""
+
+    def __init__(self, decode: Callable[[int], str]) -> None:
+        self._decode = decode
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            try:
+                text = str(self._decode(int(token_id)))
+            except (ValueError, KeyError, IndexError, OverflowError, TypeError):
+                text = f"<{int(token_id)}>"
+            self._cache[token_id] = text
+        return text
+
+
+def _load_tokenizer(meta: dict[str, object]) -> tuple[Any | None, str]:
+    """The run's tokenizer from local files only, or None and why not."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        return None, "no model recorded in run.json"
+    source = model.get("path") or model.get("name")
+    if not isinstance(source, str) or not source:
+        return None, "no model path recorded in run.json"
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - best effort: any failure means "no tokenizer"
+        return None, f"the tokenizer of {source} is not available offline ({type(e).__name__})"
+    return tok, ""
+
+
+def _tokenizer_decode(tok: Any) -> Callable[[int], str]:
+    def decode(token_id: int) -> str:
+        return str(tok.decode([token_id]))
+
+    return decode
+
+
+def _congruence_mode(meta: dict[str, object]) -> Literal["folded", "raw"]:
+    config = meta.get("config")
+    neurons = config.get("neurons") if isinstance(config, dict) else None
+    mode = neurons.get("congruence") if isinstance(neurons, dict) else None
+    return "raw" if mode == "raw" else "folded"
+
+
+def compute_views(
+    lm: LoadedModel, t: RunTables, plan: ReportPlan, lookup: Lookup, cfg: ReportConfig
+) -> ModelViews:
+    """Run the model on the prompts the report shows (activations and attention) and
+    read each shown neuron's promoted and suppressed tokens from the weights."""
+    ids = [i for p in plan.neurons for i in p.example_ids]
+    ids = list(dict.fromkeys(ids))
+    prompts = [[int(x) for x in lookup.examples[i]["tokens"]] for i in ids]  # type: ignore[attr-defined]
+    neurons = [
+        (int(lookup.examples[i]["layer"]), int(lookup.examples[i]["neuron"]))  # type: ignore[call-overload]
+        for i in ids
+    ]
+    acts = neuron_activations(lm, prompts, neurons, cfg.batch_prompts) if ids else []
+    activations = dict(zip(ids, acts, strict=True))
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for p in plan.pairs:
+        for i in p.example_ids:
+            if i not in by_layer[p.head_layer]:
+                by_layer[p.head_layer].append(i)
+    attention: dict[tuple[int, int], Any] = {}
+    for hl, exs in sorted(by_layer.items()):
+        pats = last_position_attention(
+            lm,
+            [[int(x) for x in lookup.examples[i]["tokens"]] for i in exs],  # type: ignore[attr-defined]
+            hl,
+            cfg.batch_prompts,
+        )
+        for i, pat in zip(exs, pats, strict=True):
+            attention[(i, hl)] = pat
+    vocab = vocab_tokens(
+        lm, [p.key for p in plan.neurons], cfg.n_vocab_tokens, _congruence_mode(t.meta)
+    )
+    log.debug(
+        "report: %d activation prompts, %d attention prompts, %d vocabularies",
+        len(activations),
+        len(attention),
+        len(vocab),
+    )
+    return ModelViews(activations, attention, vocab)
+
+
+def _nav(plan: ReportPlan, t: RunTables) -> Html:
+    parts = [
+        '<nav class="toc" aria-label="Contents"><h2>Contents</h2><ul>',
+        '<li><a href="#overview">Run overview</a></li>',
+    ]
+    if t.meta.get("ground_truth") is not None:
+        parts.append('<li><a href="#ground-truth">Ground truth</a></li>')
+    parts.append('<li><a href="#scores">Explanation scores (E)</a></li>')
+    parts.append(f'<li><a href="#neurons">Neurons ({len(plan.neurons)})</a></li>')
+    parts.append(f'<li><a href="#pairs">Kept pairs ({len(plan.pairs)})</a></li></ul>')
+    if plan.neurons:
+        parts.append("<details open><summary>Neurons</summary><ul>")
+        for p in plan.neurons:
+            token = token_label(str(p.info.get("token", "")))
+            parts.append(
+                f'<li><a href="#{neuron_anchor(*p.key)}">{p.name}</a> '
+                f'<span class="mono">{token}</span></li>'
+            )
+        parts.append("</ul></details>")
+    if plan.pairs:
+        parts.append("<details open><summary>Kept pairs</summary><ul>")
+        for q in plan.pairs:
+            e = f" \u00b7 E {q.e:.2f}" if q.e is not None else ""
+            parts.append(
+                f'<li><a href="#{pair_anchor(*q.key)}">L{q.head_layer}H{q.head} \u2192 '
+                f"L{q.layer}N{q.neuron}</a>{e}</li>"
+            )
+        parts.append("</ul></details>")
+    parts.append("</nav>")
+    return Html("".join(parts))
+
+
+def render_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> Report:
+    """The report page and its figures (nothing is written)."""
+    t = load_run(run)
+    if lm is not None:
+        check_model_matches(lm, t.meta.get("model"))
+    plan = plan_report(t, cfg)
+    lookup = Lookup.build(t)
+    decode: TokenText | None = None
+    views: ModelViews | None = None
+    model_note = ""
+    if lm is not None:
+        decode = _Decoder(lm.token_str)
+        views = compute_views(lm, t, plan, lookup, cfg)
+    else:
+        reason = "the tokenizer was not loaded (load_tokenizer is off)"
+        tok = None
+        if cfg.load_tokenizer and lookup.examples:
+            tok, reason = _load_tokenizer(t.meta)
+        if tok is not None:
+            decode = _Decoder(_tokenizer_decode(tok))
+            model_note = (
+                "Built without the model: prompts are shown token by token but without "
+                "activation and attention shading, and promoted and suppressed tokens are "
+                "left out. Build the report with the model to see them."
+            )
+        else:
+            model_note = (
+                "Built without the model: activation and attention shading and promoted and "
+                "suppressed tokens are left out"
+                + (f", and prompts are shown as text ({reason})" if lookup.examples else "")
+                + ". Build the report with the model to see them."
+            )
+    title = cfg.title or f"lookuplens report: {run.path.name}"
+    overview = overview_section(t, plan, model_note)
+    scores_html, figures = e_histogram_section(t)
+    body = [overview, scores_html, '<section id="neurons"><h2>Neurons</h2>']
+    if not plan.neurons:
+        body.append('<p class="note">No neurons yet: run the neurons stage.</p>')
+    else:
+        shown = len(plan.neurons)
+        body.append(
+            f'<p class="note">{shown} of {plan.n_neurons_total} tracked neurons (selected first, '
+            "then the random baseline, each by congruence).</p>"
+        )
+        for p in plan.neurons:
+            body.append(neuron_section(p, lookup, plan, views, decode, cfg.max_heads))
+    body.append("</section>")
+    body.append('<section id="pairs"><h2>Kept (neuron, head) pairs</h2>')
+    if t.get("pairs") is None:
+        body.append('<p class="note">No pairs yet: run the attribute stage.</p>')
+    elif not plan.pairs:
+        body.append('<p class="note">No pair was kept (active rate within the bounds).</p>')
+    else:
+        order = (
+            "E"
+            if plan.primary_scores is not None
+            else ("active rate closeness to 0.5, then mean direct attribution")
+        )
+        body.append(
+            f'<p class="note">{len(plan.pairs)} of {plan.n_pairs_total} kept pairs, ordered by '
+            f"{order}. Prompts with the head active come first.</p>"
+        )
+        for q in plan.pairs:
+            body.append(pair_section(q, lookup, plan, views, decode))
+    body.append("</section>")
+    from lookuplens import __version__
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    csp = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        f"script-src {script_hash()}; base-uri 'none'; form-action 'none'"
+    )
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="lookuplens {esc(__version__)}">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f"{_nav(plan, t)}<main>"
+        f'<header class="top"><h1>{html.escape(title)}</h1>'
+        f"<p>Run directory <code>{esc(run.path)}</code></p></header>"
+        + "".join(body)
+        + f"<footer>Generated by lookuplens {esc(__version__)} at {esc(now)}. "
+        "The page is self-contained: it loads nothing from the network.</footer>"
+        f"</main><script>{SCRIPT}</script></body></html>\n"
+    )
+    return Report(page, tuple(figures))
+
+
+def build_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> str:
+    """The report of `run` as one self-contained HTML page.
+
+    With `lm` (the run's model), the prompts shown are run through it for per-token
+    activation shading and each kept pair's attention from the last token; without it,
+    those are left out with a note.
+    """
+    return render_report(run, lm, cfg).html
+
+
+def write_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> Path:
+    """Write ``report.html`` and its figures (``figures/*.svg``) into `run`, atomically;
+    returns the report's path."""
+    report = render_report(run, lm, cfg)
+    folder = run.path / "figures"
+    if report.figures:
+        folder.mkdir(exist_ok=True)
+        for fig in report.figures:
+            atomic_write_bytes(folder / fig.name, fig.svg)
+    if folder.is_dir():  # histograms of an earlier report that this one no longer has
+        names = {fig.name for fig in report.figures}
+        for old in folder.glob("e_histogram*.svg"):
+            if old.name not in names:
+                old.unlink()
+    path = run.write_file("report.html", report.html)
+    log.info("wrote %s (%d figures)", path, len(report.figures))
+    return path

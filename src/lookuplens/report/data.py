@@ -1,0 +1,373 @@
+"""The run directory's tables as the report reads them, and what the report shows.
+
+`load_run` reads every table that exists (a missing table is not an error: the report
+shows what exists and says which stages are missing); the attributions, the largest
+table, are reduced to per (neuron, head, method) means with pyarrow before pandas sees
+them. `plan_report` picks the neurons, pairs and prompts the report shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from lookuplens.errors import RunDirError
+from lookuplens.report.config import ReportConfig
+from lookuplens.store import STAGE_TABLES, STAGES, RunDir
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "METHOD_ORDER",
+    "REPORT_TABLES",
+    "NeuronPlan",
+    "PairPlan",
+    "ReportPlan",
+    "RunTables",
+    "load_run",
+    "plan_report",
+]
+
+REPORT_TABLES: tuple[str, ...] = (
+    "neurons",
+    "activation_stats",
+    "examples",
+    "attributions",
+    "labels",
+    "pairs",
+    "effects",
+    "explanations",
+    "scores",
+)
+"""The tables the report reads (``firings`` is summarised by ``examples``)."""
+
+METHOD_ORDER: tuple[str, ...] = (
+    "direct",
+    "raw",
+    "zero_ablation",
+    "mean_ablation",
+    "resample_ablation",
+    "attribution_patching",
+    "path_patching",
+)
+"""Attribution methods in the order the report lists them (unknown ones follow)."""
+
+NeuronKey = tuple[int, int]
+PairKey = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """What the report reads from a run directory."""
+
+    path: Path
+    """The run directory."""
+    meta: dict[str, object]
+    """run.json's content."""
+    tables: dict[str, pd.DataFrame]
+    """Each table that exists and could be read (attributions excluded, see below)."""
+    attribution_means: pd.DataFrame | None
+    """Mean attribution per layer, neuron, head_layer, head, method (columns ``mean``
+    and ``n``), or None without an attributions table."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Tables that exist but could not be read, with the reason."""
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        """Table `name`, or None when it is missing or unreadable."""
+        return self.tables.get(name)
+
+    def present(self, name: str) -> bool:
+        """Whether table `name` was read (for attributions: their means)."""
+        if name == "attributions":
+            return self.attribution_means is not None
+        return name in self.tables
+
+    def missing_stages(self) -> list[str]:
+        """Stages (before the report) that have not written all their tables."""
+        out = []
+        for stage in STAGES:
+            if stage == "report":
+                continue
+            tables = [t for t in STAGE_TABLES[stage] if "." not in t]
+            if stage == "scan":
+                tables = ["activation_stats"]  # firings are not read by the report
+            if not all(self.present(t) for t in tables):
+                out.append(stage)
+        return out
+
+
+def _attribution_means(table: pa.Table) -> pd.DataFrame:
+    keys = ["layer", "neuron", "head_layer", "head", "method"]
+    agg = (
+        table.select([*keys, "value"])
+        .group_by(keys)
+        .aggregate([("value", "mean"), ("value", "count")])
+    )
+    df = agg.to_pandas().rename(columns={"value_mean": "mean", "value_count": "n"})
+    return df[[*keys, "mean", "n"]]
+
+
+def load_run(run: RunDir) -> RunTables:
+    """Read every table the report uses that exists in `run` (missing ones are skipped;
+    unreadable ones are recorded in `RunTables.problems` and logged)."""
+    tables: dict[str, pd.DataFrame] = {}
+    problems: dict[str, str] = {}
+    means: pd.DataFrame | None = None
+    for name in REPORT_TABLES:
+        if not run.has_table(name):
+            continue
+        try:
+            table = run.read_table(name)
+        except RunDirError as e:  # TableSchemaError included
+            log.warning("report: skipping table %s: %s", name, e)
+            problems[name] = str(e)
+            continue
+        if name == "attributions":
+            means = _attribution_means(table)
+        else:
+            tables[name] = table.to_pandas()
+    return RunTables(run.path, run.meta, tables, means, problems)
+
+
+# ------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class NeuronPlan:
+    """One neuron the report gives a section."""
+
+    layer: int
+    neuron: int
+    info: dict[str, object]
+    """Its row of the neurons table."""
+    example_ids: tuple[int, ...]
+    """The prompts shown (by firing rank)."""
+    n_examples: int
+    """How many prompts the neuron has in all."""
+
+    @property
+    def key(self) -> NeuronKey:
+        return (self.layer, self.neuron)
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}N{self.neuron}"
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """One kept (neuron, head) pair the report gives a section."""
+
+    layer: int
+    neuron: int
+    head_layer: int
+    head: int
+    info: dict[str, object]
+    """Its row of the pairs table."""
+    example_ids: tuple[int, ...]
+    """The prompts shown: active ones first, then inactive ones."""
+    active: tuple[bool | None, ...]
+    """Whether the head is active on each shown prompt (None: no label)."""
+    e: float | None
+    """Its balanced accuracy E under the primary explainer and scorer, if scored."""
+    labels: dict[int, bool] = field(default_factory=dict)
+    """Whether the head is active, for every labelled prompt of the neuron."""
+
+    @property
+    def key(self) -> PairKey:
+        return (self.layer, self.neuron, self.head_layer, self.head)
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}N{self.neuron}-L{self.head_layer}H{self.head}"
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """What the report shows."""
+
+    neurons: tuple[NeuronPlan, ...]
+    pairs: tuple[PairPlan, ...]
+    n_neurons_total: int
+    """Selected and baseline neurons that could have been shown."""
+    n_pairs_total: int
+    """Kept pairs that could have been shown."""
+    primary_scores: tuple[str, str] | None
+    """The (explainer, scorer) whose E orders the pairs and fills the histogram."""
+
+    @property
+    def neuron_keys(self) -> set[NeuronKey]:
+        return {p.key for p in self.neurons}
+
+    @property
+    def pair_keys(self) -> set[PairKey]:
+        return {p.key for p in self.pairs}
+
+
+def is_missing(value: object) -> bool:
+    """None or NaN (pandas turns nullable integers into floats with NaN)."""
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def finite(value: object) -> float | None:
+    """`value` as a finite float, or None."""
+    if is_missing(value) or isinstance(value, (bool, str)):
+        return None
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def primary_scores(scores: pd.DataFrame | None) -> tuple[str, str] | None:
+    """The (explainer, scorer) with the most scored rows (ties: by name)."""
+    if scores is None or scores.empty:
+        return None
+    counts = scores.groupby(["explainer", "scorer"]).size().reset_index(name="n")
+    counts = counts.sort_values(["n", "explainer", "scorer"], ascending=[False, True, True])
+    row = counts.iloc[0]
+    return (str(row.explainer), str(row.scorer))
+
+
+def pair_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows about a (neuron, head) pair (head set), as opposed to a neuron alone."""
+    return df[df["head"].notna() & df["head_layer"].notna()]
+
+
+def neuron_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows about a neuron alone (head null)."""
+    return df[df["head"].isna() | df["head_layer"].isna()]
+
+
+def _pair_e(t: RunTables, combo: tuple[str, str] | None) -> dict[PairKey, float]:
+    scores = t.get("scores")
+    if scores is None or combo is None:
+        return {}
+    s = pair_rows(scores)
+    s = s[(s.explainer == combo[0]) & (s.scorer == combo[1])]
+    out: dict[PairKey, float] = {}
+    for r in s.itertuples(index=False):
+        e = finite(r.balanced_accuracy)
+        if e is not None:
+            out[(int(r.layer), int(r.neuron), int(r.head_layer), int(r.head))] = e
+    return out
+
+
+def _interleave(active: list[int], inactive: list[int], cap: int) -> list[int]:
+    """Half active, half inactive (filling from the other side when one runs short)."""
+    n_act = min(len(active), max(cap - len(inactive), (cap + 1) // 2))
+    n_in = min(len(inactive), cap - n_act)
+    return active[:n_act] + inactive[:n_in]
+
+
+_PAIR_COLS = ["layer", "neuron", "head_layer", "head"]
+
+
+def _labels_by_pair(
+    labels: pd.DataFrame | None, pairs: pd.DataFrame
+) -> dict[PairKey, dict[int, bool]]:
+    """example_id -> active, for each of `pairs` (labels of other pairs are never grouped)."""
+    if labels is None or labels.empty or pairs.empty:
+        return {}
+    keys = pairs[_PAIR_COLS].astype("int64").drop_duplicates()
+    lab = labels[[*_PAIR_COLS, "example_id", "active"]].merge(keys, on=_PAIR_COLS)
+    out: dict[PairKey, dict[int, bool]] = {}
+    for k, g in lab.groupby(_PAIR_COLS, sort=False):
+        key = (int(k[0]), int(k[1]), int(k[2]), int(k[3]))
+        out[key] = dict(zip(g.example_id.astype(int), g.active.astype(bool), strict=True))
+    return out
+
+
+def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
+    """Pick the neurons (selected first, then baseline, each by congruence), the kept
+    pairs (by E when scored, else by active rate near 0.5 and mean direct attribution)
+    and the prompts shown for each."""
+    neurons = t.get("neurons")
+    examples = t.get("examples")
+    by_neuron: dict[NeuronKey, pd.DataFrame] = {}
+    if examples is not None and not examples.empty:
+        sort_cols = [c for c in ("rank", "example_id") if c in examples.columns]
+        ex_sorted = examples.sort_values(sort_cols, kind="stable")
+        for (layer, neuron), g in ex_sorted.groupby(["layer", "neuron"], sort=False):
+            by_neuron[(int(layer), int(neuron))] = g
+
+    n_plans: list[NeuronPlan] = []
+    n_total = 0
+    if neurons is not None:
+        tracked = neurons[neurons.selected | (neurons.baseline & cfg.include_baseline)].copy()
+        tracked["_group"] = (~tracked.selected).astype(int)
+        tracked = tracked.sort_values(
+            ["_group", "congruence", "layer", "neuron"],
+            ascending=[True, False, True, True],
+            kind="stable",
+        )
+        n_total = len(tracked)
+        for row in tracked.head(cfg.max_neurons).itertuples(index=False):
+            key = (int(row.layer), int(row.neuron))
+            g = by_neuron.get(key)
+            ids = () if g is None else tuple(int(i) for i in g.example_id.head(cfg.max_prompts))
+            info = {k: v for k, v in row._asdict().items() if not k.startswith("_")}
+            n_plans.append(NeuronPlan(key[0], key[1], info, ids, 0 if g is None else len(g)))
+
+    combo = primary_scores(t.get("scores"))
+    e_by_pair = _pair_e(t, combo)
+    p_plans: list[PairPlan] = []
+    p_total = 0
+    pairs = t.get("pairs")
+    if pairs is not None and not pairs.empty:
+        kept = pairs[pairs.kept].copy()
+        if not cfg.include_baseline and "baseline" in kept.columns:
+            kept = kept[~kept.baseline.astype(bool)]
+        p_total = len(kept)
+        keys = list(
+            zip(
+                kept.layer.astype(int),
+                kept.neuron.astype(int),
+                kept.head_layer.astype(int),
+                kept["head"].astype(int),
+                strict=True,
+            )
+        )
+        kept["_e"] = [e_by_pair.get(k, math.nan) for k in keys]
+        kept["_has_e"] = kept._e.notna().astype(int)
+        kept["_closeness"] = (kept.active_rate - 0.5).abs()
+        direct = kept.mean_direct if "mean_direct" in kept.columns else 0.0
+        kept["_direct"] = pd.to_numeric(direct, errors="coerce").fillna(-math.inf)
+        kept = kept.sort_values(
+            ["_has_e", "_e", "_closeness", "_direct", "layer", "neuron", "head_layer", "head"],
+            ascending=[False, False, True, False, True, True, True, True],
+            kind="stable",
+        )
+        shown = kept.head(cfg.max_pairs)
+        lab_by_pair = _labels_by_pair(t.get("labels"), shown)
+        for row in shown.itertuples(index=False):
+            pkey: PairKey = (int(row.layer), int(row.neuron), int(row.head_layer), int(row.head))
+            g = by_neuron.get((pkey[0], pkey[1]))
+            ex_ids = [] if g is None else [int(i) for i in g.example_id]
+            lab = lab_by_pair.get(pkey, {})
+            act = [i for i in ex_ids if lab.get(i) is True]
+            inact = [i for i in ex_ids if lab.get(i) is not True]
+            chosen = _interleave(act, inact, cfg.max_prompts)
+            info = {k: v for k, v in row._asdict().items() if not k.startswith("_")}
+            p_plans.append(
+                PairPlan(
+                    *pkey,
+                    info=info,
+                    example_ids=tuple(chosen),
+                    active=tuple(lab.get(i) for i in chosen),
+                    e=e_by_pair.get(pkey),
+                    labels=lab,
+                )
+            )
+    return ReportPlan(tuple(n_plans), tuple(p_plans), n_total, p_total, combo)

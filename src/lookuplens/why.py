@@ -1,0 +1,324 @@
+"""Debug one prediction: which neurons pushed the token, which heads switched them on.
+
+`explain_prediction` decomposes the target token's logit at one position (or the logit
+difference against a contrast token) into direct contributions through the final norm
+with its scale frozen: every MLP neuron (activation times W_out[n] read along the
+unembedding), every attention head, the attention and MLP biases, the embeddings and a
+constant; they sum to the logit. The top neurons' activations are then attributed to
+upstream heads with the attribute stage's `direct` method and zero ablation (the same
+code, `lookuplens.attribute.Attributor`), each top head's attention from the position
+shows which earlier tokens it looks up, and ablations check the story causally: the top
+neurons zeroed, the top heads zeroed, and the change in p(target) and in the top
+prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lookuplens.attribute import AttributeConfig, Attributor, _Batch, upstream_layers
+from lookuplens.errors import UserError
+from lookuplens.model import LoadedModel, hook_name
+
+
+@dataclass(frozen=True)
+class WhyConfig:
+    """What to explain and how much of it to show."""
+
+    target: str | None = None
+    """The token to explain (leading space included); None: the model's top prediction."""
+    contrast: str | None = None
+    """Explain the logit difference target minus this token instead."""
+    position: int = -1
+    """Position in the prompt's tokens (BOS not counted); negative counts from the end."""
+    top_neurons: int = 5
+    """Neurons shown (by direct contribution)."""
+    top_heads: int = 3
+    """Heads shown under each neuron, and ablated in the causal check."""
+    top_sources: int = 3
+    """Attended tokens shown per head."""
+
+    def __post_init__(self) -> None:
+        if min(self.top_neurons, self.top_heads, self.top_sources) < 1:
+            raise ValueError("top_neurons, top_heads and top_sources must be at least 1")
+
+
+@dataclass(frozen=True)
+class Source:
+    position: int
+    token: str
+    attention: float
+
+
+@dataclass(frozen=True)
+class HeadFinding:
+    layer: int
+    head: int
+    direct: float
+    zero_ablation: float
+    sources: list[Source]
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+@dataclass(frozen=True)
+class NeuronFinding:
+    layer: int
+    neuron: int
+    contribution: float
+    activation: float
+    top_token: str
+    heads: list[HeadFinding]
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}N{self.neuron}"
+
+
+@dataclass(frozen=True)
+class Ablation:
+    what: str
+    prob_before: float
+    prob_after: float
+    top_before: str
+    top_after: str
+
+
+@dataclass(frozen=True)
+class WhyResult:
+    """Everything `lookuplens why` shows."""
+
+    prompt: str
+    tokens: list[str]
+    position: int
+    target: str
+    target_id: int
+    contrast: str | None
+    logit: float
+    prob: float
+    top_prediction: str
+    terms: dict[str, float]
+    """Direct contributions of the non-neuron components (heads grouped per layer)."""
+    neuron_total: float
+    neurons: list[NeuronFinding]
+    ablations: list[Ablation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+def _single_token(lm: LoadedModel, text: str, what: str) -> int:
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [lm.token_str(i) for i in ids]
+        raise UserError(
+            f"{what} {text!r} is not a single token of this model (it splits into {pieces}); "
+            "pass one token, with its leading space if it has one"
+        )
+    return int(ids[0])
+
+
+def _final_direction(lm: LoadedModel, x: Tensor, w: Tensor) -> tuple[Tensor, float]:
+    """Final norm frozen at residual x: norm(y) . w == y . w_eff + const."""
+    p = lm.norm_params(lm.final_norm)
+    x = x.double()
+    gamma = p.weight.double()
+    if p.kind == "layernorm":
+        scale = torch.sqrt(x.var(unbiased=False) + p.eps)
+        w_eff = gamma * w / scale
+        w_eff = w_eff - w_eff.mean()
+    else:
+        scale = torch.sqrt((x * x).mean() + p.eps)
+        w_eff = gamma * w / scale
+    const = float(p.bias.double() @ w) if p.bias is not None else 0.0
+    return w_eff, const
+
+
+def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResult:
+    """Decompose, attribute and check one prediction (see the module docstring)."""
+    if not prompt.strip():
+        raise UserError("the prompt is empty; pass the text whose next token you want explained")
+    ids = lm.to_tokens(prompt)
+    n_bos = 1 if lm.bos_token_id is not None else 0
+    n_text = ids.shape[1] - n_bos
+    if ids.shape[1] > lm.max_context:
+        raise UserError(
+            f"the prompt is {ids.shape[1]} tokens long, more than the model's context window of "
+            f"{lm.max_context}; shorten it"
+        )
+    pos = cfg.position if cfg.position >= 0 else n_text + cfg.position
+    if not 0 <= pos < n_text:
+        raise UserError(
+            f"position {cfg.position} is out of range: the prompt has {n_text} tokens "
+            f"(0 to {n_text - 1}, or -1 to -{n_text} from the end)"
+        )
+    ids = ids[:, : n_bos + pos + 1]  # the prediction at `pos` sees nothing after it
+    p = ids.shape[1] - 1
+    L = lm.n_layers
+    names = [hook_name(0, "hook_resid_pre"), hook_name(L - 1, "hook_resid_post")]
+    names += [hook_name(l_, "mlp.hook_post") for l_ in range(L)]
+    names += [hook_name(l_, "attn.hook_z") for l_ in range(L)]
+    logits, cache = lm.run_with_cache(ids, names)
+    assert logits is not None
+    logp = torch.log_softmax(logits[0, p].double(), -1)
+    top_id = int(logp.argmax())
+    target_id = _single_token(lm, cfg.target, "target") if cfg.target else top_id
+    w = lm.W_U[:, target_id].double()
+    contrast_id = None
+    if cfg.contrast:
+        contrast_id = _single_token(lm, cfg.contrast, "contrast token")
+        w = w - lm.W_U[:, contrast_id].double()
+    x = cache[hook_name(L - 1, "hook_resid_post")][0, p]
+    w_eff, const = _final_direction(lm, x, w)
+    terms: dict[str, float] = {"embed": float(cache[names[0]][0, p].double() @ w_eff)}
+    neuron_contrib = []
+    head_contrib: dict[tuple[int, int], float] = {}
+    for l_ in range(L):
+        z = cache[hook_name(l_, "attn.hook_z")][0, p].double()
+        per_head = torch.einsum("hd,hdm,m->h", z, lm.W_O(l_).double(), w_eff)
+        for h, v in enumerate(per_head.tolist()):
+            head_contrib[(l_, h)] = v
+        terms[f"L{l_}.heads"] = float(per_head.sum())
+        if lm.b_O(l_) is not None:
+            terms[f"L{l_}.attn_bias"] = float(lm.b_O(l_).double() @ w_eff)
+        post = cache[hook_name(l_, "mlp.hook_post")][0, p].double()
+        neuron_contrib.append(post * (lm.W_out(l_).double() @ w_eff))
+        if lm.b_out(l_) is not None:
+            terms[f"L{l_}.mlp_bias"] = float(lm.b_out(l_).double() @ w_eff)
+    b_u = lm.b_U
+    terms["constant"] = const + (float(b_u[target_id]) if b_u is not None else 0.0)
+    if contrast_id is not None and b_u is not None:
+        terms["constant"] -= float(b_u[contrast_id])
+    allc = torch.stack(neuron_contrib)  # [L, d_mlp]
+    flat = allc.flatten()
+    order = torch.argsort(flat, descending=True)[: cfg.top_neurons]
+    logit = float(logits[0, p, target_id])
+    if contrast_id is not None:
+        logit -= float(logits[0, p, contrast_id])
+
+    # attribute each top neuron's activation to upstream heads (the attribute stage's code)
+    att = Attributor(
+        lm, AttributeConfig(methods=("direct", "zero_ablation"), label_method="direct"), None
+    )
+    pattern_names = [hook_name(l_, "attn.hook_pattern") for l_ in range(L)]
+    _, patterns = lm.run_with_cache(ids, pattern_names)
+    tok_strs = [lm.token_str(int(t)) for t in ids[0]]
+    neurons: list[NeuronFinding] = []
+    for idx in order.tolist():
+        layer, n = divmod(idx, lm.d_mlp)
+        ups = upstream_layers(lm, layer)
+        heads: list[HeadFinding] = []
+        if ups:
+            batch = _Batch(
+                example_ids=np.array([0]),
+                layer=layer,
+                neurons=torch.tensor([n]),
+                ids=ids,
+                mask=torch.ones_like(ids),
+                pos=torch.tensor([p]),
+            )
+            vals = att.run(batch)
+            d = vals["direct"][0]
+            za = vals["zero_ablation"][0]
+            for j in torch.argsort(d, descending=True)[: cfg.top_heads].tolist():
+                hl, h = ups[j // lm.n_heads], j % lm.n_heads
+                pat = patterns[hook_name(hl, "attn.hook_pattern")][0, h, p]
+                src = torch.argsort(pat, descending=True)[: cfg.top_sources].tolist()
+                heads.append(
+                    HeadFinding(
+                        layer=hl,
+                        head=h,
+                        direct=float(d[j]),
+                        zero_ablation=float(za[j]),
+                        sources=[Source(int(s) - n_bos, tok_strs[s], float(pat[s])) for s in src],
+                    )
+                )
+        neurons.append(
+            NeuronFinding(
+                layer=layer,
+                neuron=n,
+                contribution=float(flat[idx]),
+                activation=float(cache[hook_name(layer, "mlp.hook_post")][0, p, n]),
+                top_token=_top_token(lm, layer, n),
+                heads=heads,
+            )
+        )
+    result = WhyResult(
+        prompt=prompt,
+        tokens=tok_strs[n_bos:],
+        position=pos,
+        target=lm.token_str(target_id),
+        target_id=target_id,
+        contrast=None if contrast_id is None else lm.token_str(contrast_id),
+        logit=logit,
+        prob=float(logp[target_id].exp()),
+        top_prediction=lm.token_str(top_id),
+        terms=terms,
+        neuron_total=float(allc.sum()),
+        neurons=neurons,
+    )
+    return _with_ablations(lm, ids, p, result)
+
+
+def _top_token(lm: LoadedModel, layer: int, n: int) -> str:
+    from lookuplens.neurons import out_matrix, unembed_matrix
+
+    c = out_matrix(lm, layer, "folded")[n] @ unembed_matrix(lm, "folded")
+    return lm.token_str(int(c.argmax()))
+
+
+def _with_ablations(lm: LoadedModel, ids: Tensor, p: int, r: WhyResult) -> WhyResult:
+    def run(hooks: list) -> tuple[float, str]:  # type: ignore[type-arg]
+        logits, _ = lm.run_with_cache(ids, [], extra_hooks=hooks)
+        assert logits is not None
+        probs = torch.softmax(logits[0, p].double(), -1)
+        return float(probs[r.target_id]), lm.token_str(int(probs.argmax()))
+
+    before, top_before = run([])
+    by_layer: dict[int, list[int]] = {}
+    for nf in r.neurons:
+        by_layer.setdefault(nf.layer, []).append(nf.neuron)
+
+    def zero_neurons(cols: list[int]):  # type: ignore[no-untyped-def]
+        def fn(x: Tensor, _n: str) -> Tensor:
+            x = x.clone()
+            x[..., cols] = 0
+            return x
+
+        return fn
+
+    neuron_hooks = [(hook_name(l_, "mlp.hook_post"), zero_neurons(c)) for l_, c in by_layer.items()]
+    heads = sorted({(h.layer, h.head) for nf in r.neurons for h in nf.heads})
+    head_layers: dict[int, list[int]] = {}
+    for hl, h in heads:
+        head_layers.setdefault(hl, []).append(h)
+
+    def zero_heads(cols: list[int]):  # type: ignore[no-untyped-def]
+        def fn(z: Tensor, _n: str) -> Tensor:
+            z = z.clone()
+            z[:, :, cols] = 0
+            return z
+
+        return fn
+
+    head_hooks = [(hook_name(l_, "attn.hook_z"), zero_heads(c)) for l_, c in head_layers.items()]
+    out = []
+    for what, hooks in (
+        (f"the {len(r.neurons)} neurons zeroed", neuron_hooks),
+        (f"the {len(heads)} heads zeroed", head_hooks),
+    ):
+        if hooks:
+            after, top_after = run(hooks)
+            out.append(Ablation(what, before, after, top_before, top_after))
+    return WhyResult(**{**r.__dict__, "ablations": out})
+
+
+__all__ = ["WhyConfig", "WhyResult", "explain_prediction"]
