@@ -27,7 +27,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" install "torch==2.13.0" 2>/dev/null \
     || "${pip[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
 fi
-extras="datasets,llm"
+extras="datasets,llm,serve"
 [ "$want_test" = 1 ] && extras="$extras,test"
 stamp=".venv/.lookuplens-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
 if [ ! -e "$stamp" ]; then
@@ -35,4 +35,14 @@ if [ ! -e "$stamp" ]; then
   "${pip[@]}" install -e ".[$extras]"
   .venv/bin/python -c "import lookuplens, torch; print('setup: lookuplens', lookuplens.__version__, 'torch', torch.__version__)"
   touch "$stamp"
+fi
+# the dashboard's browser tests drive Debian's chromium through Playwright; never a
+# browser download (no `playwright install`)
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (dashboard browser tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: no chromium; the dashboard's browser tests will be skipped (apt-get install chromium)"
+  fi
 fi

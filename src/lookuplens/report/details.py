@@ -218,7 +218,7 @@ def _status_note(row: Mapping[str, object]) -> str:
     return ": ".join(bits)
 
 
-def _explanations(
+def explanations_block(
     lookup: Lookup, key: tuple[int, int, int, int], primary: tuple[str, str] | None
 ) -> Html:
     """Each explainer's explanation of a neuron or pair, with each scorer's score."""
@@ -463,7 +463,7 @@ def neuron_section(
     parts.append(_heads_table(lookup, p.key, plan, max_heads))
     parts.append("<h4>Interventions on the neuron</h4>")
     parts.append(_neuron_effects(lookup, p.key))
-    parts.append(_explanations(lookup, (*p.key, NO_HEAD, NO_HEAD), plan.primary_scores))
+    parts.append(explanations_block(lookup, (*p.key, NO_HEAD, NO_HEAD), plan.primary_scores))
     parts.append("</section>")
     return Html("".join(parts))
 
@@ -512,7 +512,7 @@ def pair_section(
         ("mechanism", None if is_missing(info.get("mechanism")) else str(info.get("mechanism"))),
     ]
     parts += ['<div class="grid"><div>', kv(items), "</div><div>", kv(items2), "</div></div>"]
-    expl = _explanations(lookup, p.key, plan.primary_scores)
+    expl = explanations_block(lookup, p.key, plan.primary_scores)
     parts.append(expl if expl else note("No explanation yet (the explain and score stages)."))
     parts.append(f"<h4>What L{p.head_layer}H{p.head} looks up</h4>")
     if not p.example_ids:
