@@ -27,7 +27,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" install "torch==2.13.0" 2>/dev/null \
     || "${pip[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
 fi
-extras="datasets,llm,serve"
+extras="datasets,llm,serve,ray"
 [ "$want_test" = 1 ] && extras="$extras,test"
 stamp=".venv/.lookuplens-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
 if [ ! -e "$stamp" ]; then

@@ -9,6 +9,7 @@ with, so a run directory never mixes results of different settings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -16,7 +17,9 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+import torch
 
 from lookuplens.attribute import (
     AttributeConfig,
@@ -25,6 +28,7 @@ from lookuplens.attribute import (
     label_examples,
 )
 from lookuplens.corpus import CorpusSpec, corpus_meta
+from lookuplens.distributed.config import RayConfig
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
 from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_run
@@ -98,6 +102,11 @@ class RunConfig:
     """Stage 7 settings (simulator, batching). Its `tasks` must equal the explain stage's."""
     report: ReportConfig = field(default_factory=ReportConfig)
     """Report settings (how many neurons, pairs and prompts are shown)."""
+    backend: Literal["local", "ray"] = "local"
+    """Where the scan and attribution run: this process, or Ray workers (see
+    `lookuplens.distributed`). Both give identical tables; a run may resume on the other."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray cluster settings (address, workers) for ``backend="ray"``."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RunConfig:
@@ -190,6 +199,7 @@ class Context:
     run: RunDir
     reporter: Reporter
     _lm: LoadedModel | None = None
+    _lm32: LoadedModel | None = None
 
     @property
     def lm(self) -> LoadedModel:
@@ -198,6 +208,15 @@ class Context:
                 self.cfg.model_source, device=self.cfg.device, dtype=self.cfg.dtype
             )
         return self._lm
+
+    @property
+    def lm32(self) -> LoadedModel:
+        """The model in float32, for the decompositions that must close exactly."""
+        if self.lm.dtype == torch.float32:
+            return self.lm
+        if self._lm32 is None:
+            self._lm32 = load_model(self.cfg.model_source, device=self.cfg.device, dtype="float32")
+        return self._lm32
 
 
 def _stage_neurons(ctx: Context) -> str:
@@ -232,7 +251,6 @@ def _stage_neurons(ctx: Context) -> str:
 
 
 def _stage_scan(ctx: Context) -> str:
-    lm = ctx.lm
     neurons = tracked(ctx.run.read_table("neurons"))
     ctx.reporter.start("scan", None, "docs")
 
@@ -240,14 +258,29 @@ def _stage_scan(ctx: Context) -> str:
         rate = p.tokens / max(p.seconds, 1e-9)
         ctx.reporter.update(p.docs, p.total_docs, f"{rate:,.0f} tok/s")
 
-    result = scan_corpus(
-        lm,
-        neurons,
-        ctx.cfg.corpus,
-        ctx.cfg.scan,
-        shards=ctx.run.shards("scan"),
-        on_progress=progress,
-    )
+    if ctx.cfg.backend == "ray":
+        from lookuplens.distributed import scan_corpus_ray
+
+        result = scan_corpus_ray(
+            ctx.cfg.model_source,
+            neurons,
+            ctx.cfg.corpus,
+            ctx.cfg.scan,
+            ctx.cfg.ray,
+            device=ctx.cfg.device,
+            dtype=ctx.cfg.dtype,
+            shards=ctx.run.shards("scan"),
+            on_progress=progress,
+        )
+    else:
+        result = scan_corpus(
+            ctx.lm,
+            neurons,
+            ctx.cfg.corpus,
+            ctx.cfg.scan,
+            shards=ctx.run.shards("scan"),
+            on_progress=progress,
+        )
     ctx.run.write_table("firings", result.topk)
     ctx.run.write_table("activation_stats", result.stats)
     ctx.run.update_meta(corpus=corpus_meta(ctx.cfg.corpus, result.corpus))
@@ -278,13 +311,26 @@ def _stage_attribute(ctx: Context) -> str:
     cfg = ctx.cfg.attribute
     examples = ctx.run.read_table("examples")
     ctx.reporter.start("attribute", None, "batches")
-    att = attribute_examples(
-        ctx.lm,
-        examples,
-        cfg,
-        shards=ctx.run.shards("attribute"),
-        on_progress=lambda d, n: ctx.reporter.update(d, n),
-    )
+    if ctx.cfg.backend == "ray":
+        from lookuplens.distributed import attribute_examples_ray
+
+        att = attribute_examples_ray(
+            ctx.cfg.model_source,
+            examples,
+            cfg,
+            ctx.cfg.ray,
+            device=ctx.cfg.device,
+            shards=ctx.run.shards("attribute"),
+            on_progress=lambda d, n: ctx.reporter.update(d, n),
+        )
+    else:
+        att = attribute_examples(
+            ctx.lm32,  # float32: the direct decomposition must close
+            examples,
+            cfg,
+            shards=ctx.run.shards("attribute"),
+            on_progress=lambda d, n: ctx.reporter.update(d, n),
+        )
     labels = label_examples(att, examples, cfg)
     pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg)
     ctx.run.write_table("attributions", att)
@@ -441,12 +487,22 @@ def run_pipeline(
         run.reset_from(overwrite)
     run.check_config(cfg.stage_configs())
     run.update_meta(config=dataclasses.asdict(cfg), seed=cfg.seed)
-    for stage in todo:
-        if run.is_done(stage):
-            log.info("%s: already done, skipped", stage)
-            continue
-        t0 = time.perf_counter()
-        summary = STAGE_FUNCS[stage](ctx)
-        run.mark_done(stage, time.perf_counter() - t0)
-        log.debug("%s: %s (%.1fs)", stage, summary, time.perf_counter() - t0)
+    needs_ray = cfg.backend == "ray" and any(
+        s in ("scan", "attribute") and not run.is_done(s) for s in todo
+    )
+    if needs_ray:
+        from lookuplens.distributed import ray_session
+
+        session: contextlib.AbstractContextManager[object] = ray_session(cfg.ray)
+    else:
+        session = contextlib.nullcontext()
+    with session:
+        for stage in todo:
+            if run.is_done(stage):
+                log.info("%s: already done, skipped", stage)
+                continue
+            t0 = time.perf_counter()
+            summary = STAGE_FUNCS[stage](ctx)
+            run.mark_done(stage, time.perf_counter() - t0)
+            log.debug("%s: %s (%.1fs)", stage, summary, time.perf_counter() - t0)
     return run
