@@ -61,14 +61,23 @@ METHODS: tuple[str, ...] = (
     "path_patching",
 )
 ABLATIONS = ("zero_ablation", "mean_ablation", "resample_ablation")
+DEFAULT_METHODS: tuple[str, ...] = (
+    "direct",
+    "raw",
+    "zero_ablation",
+    "attribution_patching",
+    "path_patching",
+)
 
 
 @dataclass(frozen=True)
 class AttributeConfig:
     """How heads are attributed and labelled."""
 
-    methods: tuple[str, ...] = METHODS
-    """Attribution methods to compute (see the module docstring)."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """Attribution methods to compute (see the module docstring). The default leaves out
+    mean and resample ablation, which cost as much as zero ablation each; add them here
+    (or use ``METHODS``) to compare all seven."""
     include_same_layer: bool = True
     """Count the heads of the neuron's own layer as upstream (the paper's code did not)."""
     label_method: str = "direct"

@@ -1,0 +1,181 @@
+"""``lookuplens zoo``: train the storyworld demo model and refresh its model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lookuplens.errors import LookuplensError
+
+app = typer.Typer(
+    help=(
+        "The storyworld: a synthetic corpus with planted context look-ups "
+        "(a/an articles, place -> item topics, role -> name recall) and the small GPT-2 "
+        "trained on it, the ground truth for the rest of lookuplens."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the checkpoint.")],
+    seed: Annotated[int, typer.Option(help="Seed of corpus, weights and batch order.")] = 0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1_500,
+    n_docs: Annotated[int, typer.Option(help="Training stories to generate.")] = 40_000,
+    batch_size: Annotated[int, typer.Option(help="Stories per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 100,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = 0.1,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 4,
+    heads: Annotated[int, typer.Option(help="Attention heads per block.")] = 4,
+    d_model: Annotated[int, typer.Option(help="Residual width.")] = 128,
+    d_mlp: Annotated[int, typer.Option(help="MLP neurons per layer.")] = 512,
+    n_positions: Annotated[int, typer.Option(help="Context length.")] = 256,
+    dropout: Annotated[float, typer.Option(help="Embedding and residual dropout.")] = 0.0,
+    attn_dropout: Annotated[float, typer.Option(help="Attention-probability dropout.")] = 0.0,
+    eval_docs: Annotated[int, typer.Option(help="Held-out stories for the model card.")] = 2_000,
+    mechanism_docs: Annotated[
+        int, typer.Option(help="Held-out stories used to find the ' an' neuron.")
+    ] = 500,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 1,
+    planted_weight: Annotated[
+        float, typer.Option(help="Loss weight of planted targets (1.0: plain LM loss).")
+    ] = 10.0,
+    log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = 50,
+    probe_every: Annotated[
+        int, typer.Option(help="Steps between planted-accuracy probes (0: never).")
+    ] = 250,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --out if it is not empty.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Train tokenizer and model from scratch on CPU and save a checkpoint in --out.
+
+    The defaults are the recipe of the shipped checkpoint: 40,000 generated stories,
+    a byte-level BPE (about 1,100 tokens), GPT-2 with 4 layers, 4 heads, d_model 128,
+    512 MLP neurons per layer, trained 1,500 steps of 32 stories with AdamW (lr 2e-3,
+    100 warm-up steps, cosine decay to 10%, weight decay 0.1, loss weight 10 on the
+    planted targets), no dropout, 1 thread: the shipped checkpoint took 36 minutes with
+    a second training sharing the 2 cores. The folder receives config.json,
+    model.safetensors, tokenizer files, recipe.json and MODEL_CARD.md (held-out
+    accuracy of each planted look-up, and the " an" neuron with its look-up head).
+    An existing non-empty --out is only replaced with --overwrite.
+    """
+    _setup_logging(verbose)
+    from lookuplens.zoo.train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(
+            seed=seed,
+            steps=steps,
+            n_train_docs=n_docs,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            n_layer=layers,
+            n_head=heads,
+            d_model=d_model,
+            d_mlp=d_mlp,
+            n_positions=n_positions,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            n_eval_docs=eval_docs,
+            n_mechanism_docs=mechanism_docs,
+            num_threads=threads,
+            log_every=log_every,
+            planted_weight=planted_weight,
+            probe_every=probe_every,
+        )
+        result = train(cfg, out, overwrite=overwrite)
+    except (LookuplensError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    ev = result.evaluation
+    summary = {k: f"{ev.rate(k):.3f}" for k in ev.accuracy} if ev else {}
+    typer.echo(f"saved {result.out_dir} after {result.seconds:.0f}s training; held-out {summary}")
+
+
+@app.command("card")
+def card_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from `zoo train`).")],
+    eval_docs: Annotated[
+        int | None, typer.Option(help="Held-out stories to measure (default: the recipe's).")
+    ] = None,
+    mechanism_docs: Annotated[
+        int | None, typer.Option(help="Stories used to find the ' an' neuron.")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 2,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Re-measure a checkpoint on held-out stories and rewrite its MODEL_CARD.md.
+
+    Updates the evaluation and mechanism entries of recipe.json too.
+    """
+    _setup_logging(verbose)
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
+    from lookuplens.zoo.card import read_recipe, write_model_card
+    from lookuplens.zoo.train import TrainConfig, measure
+
+    if not (checkpoint / "config.json").is_file():
+        raise _fail(f"{checkpoint} has no config.json; pass a folder written by `zoo train`")
+    recipe = read_recipe(checkpoint)
+    raw = recipe.get("config")
+    try:
+        cfg = TrainConfig.from_json(raw) if isinstance(raw, dict) else TrainConfig()
+        changes: dict[str, int] = {"num_threads": threads}
+        if eval_docs is not None:
+            changes["n_eval_docs"] = eval_docs
+        if mechanism_docs is not None:
+            changes["n_mechanism_docs"] = mechanism_docs
+        cfg = dataclasses.replace(cfg, **changes)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    torch.set_num_threads(cfg.num_threads)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    if not isinstance(model, GPT2LMHeadModel):
+        raise _fail(f"{checkpoint} holds a {type(model).__name__}; `zoo card` needs a GPT-2")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    evaluation, neurons, found_heads = measure(model, tokenizer, cfg)
+    if not recipe:
+        recipe = {"config": asdict(cfg), "seed": cfg.seed}
+    recipe["evaluation"] = evaluation.as_json() if evaluation else None
+    recipe["mechanism"] = {
+        "neurons": [n.as_json() for n in neurons[:5]],
+        "heads": [h.as_json() for h in found_heads if h.kind == "article"][:5],
+    }
+    (checkpoint / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    path = write_model_card(checkpoint, recipe, evaluation, neurons, found_heads)
+    typer.echo(f"wrote {path}")
+
+
+def train_main() -> None:
+    """Entry point of ``python -m lookuplens.zoo.train``: the ``train`` command alone."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    sub = command.commands["train"]
+    sub.main(prog_name="python -m lookuplens.zoo.train")

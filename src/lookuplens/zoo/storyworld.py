@@ -1,0 +1,571 @@
+"""Storyworld: a synthetic corpus of short stories with planted context look-ups.
+
+Every story is generated from a seeded ``random.Random``; the same arguments always give
+the same documents. Three kinds of planted predictions can only be made by looking back
+at an earlier word (the *cue*):
+
+``article``
+    An object is introduced early ("Mia found the owl near the river.") and, after some
+    filler, referred to again with an indefinite article ("She wanted to draw an owl.").
+    Whether the next token is `` a`` or `` an`` is decided by the earlier object noun.
+    The first mention uses the indefinite article only in some stories (otherwise "the"
+    or a possessive), so the noun, not an earlier copy of the article, is the cue.
+``topic``
+    A place named early ("At the bakery, ...") decides a later word after a trigger
+    phrase shared by every place ("... bought some bread.").
+``name``
+    Two characters are introduced with roles ("The doctor was Anna and the pilot was
+    Ben."); later "the pilot named" is followed by `` Ben``.
+
+Outside these look-ups the stories use only "the" before nouns, and the trigger phrases of
+the look-ups appear nowhere else, so nothing else competes for the planted targets.
+
+Token positions follow the project-wide rule: **the BOS token ``<|endoftext|>`` is
+prepended to every document**, so token index 0 is BOS and the first text token has
+index 1. :func:`token_positions` and :func:`encode_document` apply that rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lookuplens.errors import UserError
+from lookuplens.zoo.words import (
+    ADJECTIVES,
+    ANIMALS,
+    BOS_TOKEN,
+    CONSONANT_OBJECTS,
+    FEMALE_NAMES,
+    INTRANSITIVE,
+    KINDS,
+    MOODS,
+    NAMES,
+    OPENERS,
+    PLACES,
+    PLANTED,
+    ROLES,
+    THINGS,
+    TOPICS,
+    TRANSITIVE,
+    VOWEL_OBJECTS,
+    WEATHER,
+    Kind,
+    PlantedSet,
+    Split,
+    single_token_words,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "BOS_TOKEN",
+    "KINDS",
+    "PLANTED",
+    "Annotation",
+    "Document",
+    "Kind",
+    "PlantedSet",
+    "Split",
+    "StoryworldError",
+    "VOWEL_SHARE",
+    "TokenAnnotation",
+    "bos_id",
+    "check_tokenizer",
+    "encode_document",
+    "generate_corpus",
+    "single_token_words",
+    "token_positions",
+]
+
+logger = logging.getLogger(__name__)
+
+VOWEL_SHARE = 0.3
+"""Share of article look-ups whose object is vowel-initial. As in English, " a" is the
+common article and " an" the marked one, so the model's default is " a" and the look-up
+has to switch " an" on (the shipped model does it through an MLP neuron)."""
+
+
+# --------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One planted prediction in a document's text (character offsets into ``text``)."""
+
+    kind: Kind
+    target: str
+    """The target token text including its leading space, e.g. ``" an"``."""
+    target_char: int
+    """Offset of the target's first character, i.e. of its leading space."""
+    cue_chars: tuple[tuple[int, int], ...]
+    """Half-open character spans ``[start, end)`` of the cue words (no leading space)."""
+    cue_word: str
+    """The word that decides the target: the object, the place, or the name."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One generated story."""
+
+    doc_id: int
+    text: str
+    annotations: tuple[Annotation, ...]
+
+
+@dataclass(frozen=True)
+class TokenAnnotation:
+    """An annotation mapped to token indices of the BOS-prepended token sequence."""
+
+    kind: Kind
+    target: str
+    target_token_id: int
+    target_index: int
+    """Index of the target token (index 0 is BOS); the model predicts it at ``target_index - 1``."""
+    cue_indices: tuple[int, ...]
+    """Indices of every token overlapping a cue span."""
+    cue_word: str
+
+    @property
+    def predict_index(self) -> int:
+        """The position whose next-token prediction is the target."""
+        return self.target_index - 1
+
+
+class StoryworldError(UserError):
+    """A storyworld input is invalid, or a tokenizer does not fit the storyworld."""
+
+
+# --------------------------------------------------------------------------------------
+# Text builder
+# --------------------------------------------------------------------------------------
+
+_NO_SPACE_BEFORE = {",", ".", "!"}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A word in a sentence template, optionally tagged for later span lookup."""
+
+    text: str
+    tag: str | None = None
+
+
+Piece = str | _Slot
+
+
+@dataclass
+class _Builder:
+    """Accumulates words into text and records the spans of tagged words."""
+
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    words: int = 0
+
+    def sentence(self, pieces: Sequence[Piece]) -> None:
+        for piece in pieces:
+            slot = piece if isinstance(piece, _Slot) else _Slot(piece)
+            space = "" if (self.length == 0 or slot.text in _NO_SPACE_BEFORE) else " "
+            start = self.length + len(space)
+            self.parts.append(space + slot.text)
+            self.length = start + len(slot.text)
+            if slot.text not in _NO_SPACE_BEFORE:
+                self.words += 1
+            if slot.tag is not None:
+                if slot.tag in self.spans:
+                    raise AssertionError(f"tag {slot.tag!r} used twice")
+                self.spans[slot.tag] = (start, self.length)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+# --------------------------------------------------------------------------------------
+# Story generation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Character:
+    name: str
+    female: bool
+
+    def subj(self, rng: random.Random, start: bool) -> str:
+        """Name or pronoun as a sentence subject."""
+        if rng.random() < 0.5:
+            return self.name
+        pronoun = "she" if self.female else "he"
+        return pronoun.capitalize() if start else pronoun
+
+    @property
+    def poss(self) -> str:
+        return "her" if self.female else "his"
+
+
+Sentence = list[Piece]
+
+
+def _w(words: str) -> list[Piece]:
+    """Split a run of plain words (and punctuation marks) into sentence pieces."""
+    return list(words.split())
+
+
+def _filler(rng: random.Random, cast: Sequence[_Character]) -> Sentence:
+    """One ordinary sentence; uses only "the" before nouns and no planted word."""
+    c = rng.choice(cast)
+    s = c.subj(rng, start=True)
+    p, a, t = rng.choice(PLACES), rng.choice(ANIMALS), rng.choice(THINGS)
+    adj, verb = rng.choice(ADJECTIVES), rng.choice(TRANSITIVE)
+    shape = rng.randrange(14)
+    if shape == 0:
+        return [s, "walked", "to", "the", p, "with", "the", adj, t, "."]
+    if shape == 1:
+        return ["The", a, rng.choice(INTRANSITIVE), "near", "the", p, "."]
+    if shape == 2 and len(cast) > 1:
+        other = cast[1] if c is cast[0] else cast[0]
+        return [c.name, "and", other.name, verb, "the", adj, t, "together", "."]
+    if shape == 3:
+        return ["It", "was", rng.choice(WEATHER), "and", "the", a, "was", rng.choice(MOODS), "."]
+    if shape == 4:
+        return [s, "smiled", "at", "the", rng.choice(MOODS), a, "."]
+    if shape == 5:
+        return [
+            "After",
+            "lunch",
+            ",",
+            s.lower() if s in ("She", "He") else s,
+            verb,
+            "the",
+            t,
+            "by",
+            "the",
+            p,
+            ".",
+        ]
+    if shape == 6:
+        return [c.name, "said", "that", "the", t, "was", "very", adj, "."]
+    if shape == 7:
+        return ["The", adj, a, "ran", "past", "the", p, "."]
+    if shape == 8:
+        t2 = rng.choice(THINGS)
+        return [s, verb, "the", t, "and", "then", rng.choice(TRANSITIVE), "the", t2, "."]
+    if shape == 9:
+        return [
+            "The",
+            p,
+            "was",
+            rng.choice(("quiet", "busy", "bright", "cold", "warm")),
+            "that",
+            "day",
+            ".",
+        ]
+    if shape == 10:
+        return [s, "was", rng.choice(MOODS), "and", "looked", "at", "the", p, "."]
+    if shape == 11:
+        return ["Near", "the", p, ",", "the", a, rng.choice(INTRANSITIVE), "all", "day", "."]
+    if shape == 12:
+        return [s, "put", "the", t, "in", c.poss, rng.choice(("bag", "pocket", "room")), "."]
+    return [s, "heard", "the", a, "and", rng.choice(INTRANSITIVE), "."]
+
+
+def _article_intro(rng: random.Random, c: _Character, obj: str) -> Sentence:
+    det_roll = rng.random()
+    if det_roll < 0.4:
+        det = "an" if obj in VOWEL_OBJECTS else "a"
+    elif det_roll < 0.7:
+        det = "the"
+    else:
+        det = c.poss
+    o = _Slot(obj, "cue")
+    p = rng.choice(PLACES)
+    shape = rng.randrange(4)
+    if shape == 0:
+        return [c.subj(rng, start=True), "found", det, o, "near", "the", p, "."]
+    if shape == 1:
+        return ["In", "the", "morning", ",", c.name, "saw", det, o, "by", "the", p, "."]
+    if shape == 2:
+        return [c.subj(rng, start=True), "played", "with", det, o, "at", "the", p, "."]
+    return [c.subj(rng, start=True), "kept", det, o, "under", "the", rng.choice(THINGS), "."]
+
+
+def _article_recall(rng: random.Random, c: _Character, obj: str) -> Sentence:
+    art = _Slot("an" if obj in VOWEL_OBJECTS else "a", "target")
+    shape = rng.randrange(4)
+    if shape == 0:
+        return [c.subj(rng, start=True), "wanted", "to", "draw", art, obj, "."]
+    if shape == 1:
+        return ["That", "night", ",", c.name, "dreamed", "about", art, obj, "."]
+    if shape == 2:
+        return [c.subj(rng, start=True), "wished", "for", art, obj, "of", c.poss, "own", "."]
+    return ["Later", ",", c.name, "sang", "about", art, obj, "."]
+
+
+def _topic_intro(rng: random.Random, c: _Character, place: str) -> Sentence:
+    pl = _Slot(place, "cue")
+    shape = rng.randrange(3)
+    if shape == 0:
+        return ["At", "the", pl, ",", c.name, "met", "the", rng.choice(ANIMALS), "."]
+    if shape == 1:
+        return [c.subj(rng, start=True), "went", "to", "the", pl, "early", "."]
+    return ["On", "Sunday", ",", c.name, "visited", "the", pl, "."]
+
+
+def _topic_recall(rng: random.Random, c: _Character, place: str) -> Sentence:
+    # " some" appears nowhere else: the trigger phrase is shared by every place.
+    target = _Slot(TOPICS[place], "target")
+    if rng.random() < 0.5:
+        return [*_w("Before leaving ,"), c.name, *_w("bought some"), target, "."]
+    return [*_w("In the end ,"), c.subj(rng, start=False), *_w("bought some"), target, "."]
+
+
+def _name_intro(rng: random.Random, a: _Character, ra: str, b: _Character, rb: str) -> Sentence:
+    na, nb = _Slot(a.name, "cue_name_a"), _Slot(b.name, "cue_name_b")
+    sa, sb = _Slot(ra, "cue_role_a"), _Slot(rb, "cue_role_b")
+    # The role comes first, so each name directly follows its role ("the pilot was Ben").
+    if rng.random() < 0.5:
+        return ["The", sa, "was", na, "and", "the", sb, "was", nb, "."]
+    return [*_w("The town"), sa, "was", na, ",", *_w("and the town"), sb, "was", nb, "."]
+
+
+def _name_recall(rng: random.Random, role: str, name: str) -> Sentence:
+    # the role decides which of the two names follows "who was called"
+    target = _Slot(name, "target")
+    thing = rng.choice(THINGS)
+    return [
+        *_w("Later , the"),
+        role,
+        ",",
+        *_w("who was called"),
+        target,
+        ",",
+        rng.choice(TRANSITIVE),
+        "the",
+        thing,
+        ".",
+    ]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One planted look-up: its introduction and its recall sentence, and how to annotate."""
+
+    kind: Kind
+    intro: Sentence
+    recall: Sentence
+    cue_word: str
+    cue_tags: tuple[str, ...]
+
+
+def _retag(sentence: Sentence, suffix: str) -> Sentence:
+    return [
+        _Slot(p.text, f"{p.tag}:{suffix}") if isinstance(p, _Slot) and p.tag else p
+        for p in sentence
+    ]
+
+
+def _story(rng: random.Random, doc_id: int) -> Document:
+    """Generate one story."""
+    kinds: list[Kind] = []
+    if rng.random() >= 0.2:
+        while not kinds:
+            kinds = [k for k in KINDS if rng.random() < 0.5]
+    names = rng.sample(NAMES, 2)
+    cast = [_Character(n, n in FEMALE_NAMES) for n in names]
+    hero = cast[0]
+    plans: list[_Plan] = []
+    for kind in kinds:
+        if kind == "article":
+            obj = rng.choice(VOWEL_OBJECTS if rng.random() < VOWEL_SHARE else CONSONANT_OBJECTS)
+            plans.append(
+                _Plan(
+                    kind,
+                    _article_intro(rng, hero, obj),
+                    _article_recall(rng, hero, obj),
+                    obj,
+                    ("cue",),
+                )
+            )
+        elif kind == "topic":
+            place = rng.choice(tuple(TOPICS))
+            plans.append(
+                _Plan(
+                    kind,
+                    _topic_intro(rng, hero, place),
+                    _topic_recall(rng, hero, place),
+                    place,
+                    ("cue",),
+                )
+            )
+        else:
+            ra, rb = rng.sample(ROLES, 2)
+            first, second = rng.sample(cast, 2)
+            asked = rng.randrange(2)
+            role, name = (ra, first.name) if asked == 0 else (rb, second.name)
+            ab = "a" if asked == 0 else "b"
+            plans.append(
+                _Plan(
+                    kind,
+                    _name_intro(rng, first, ra, second, rb),
+                    _name_recall(rng, role, name),
+                    name,
+                    (f"cue_name_{ab}", f"cue_role_{ab}"),
+                )
+            )
+    rng.shuffle(plans)
+    target_words = rng.randint(45, 115)
+
+    intros = [_retag(p.intro, str(i)) for i, p in enumerate(plans)]
+    recalls = [_retag(p.recall, str(i)) for i, p in enumerate(plans)]
+    recall_order = list(range(len(plans)))
+    rng.shuffle(recall_order)
+    planted_words = sum(
+        sum(1 for x in s if not (isinstance(x, str) and x in _NO_SPACE_BEFORE)) for s in intros
+    ) + sum(
+        sum(1 for x in s if not (isinstance(x, str) and x in _NO_SPACE_BEFORE)) for s in recalls
+    )
+    opener: Sentence = [rng.choice(OPENERS), ",", hero.name, "woke", "up", "."]
+    if rng.random() < 0.5:
+        opener = [rng.choice(OPENERS), ",", hero.name, "and", cast[1].name, "went", "outside", "."]
+
+    # Sentences: opener, filler, each intro followed by filler, each recall followed by
+    # filler; at least one filler sentence between the last intro and the first recall.
+    budget = max(target_words - planted_words - len(opener), 8)
+    n_plans = len(plans)
+    counts = [0] * (1 + 2 * n_plans)
+    for _ in range(max(1, round(budget / 7))):
+        counts[rng.randrange(len(counts))] += 1
+    if n_plans and counts[n_plans] == 0:
+        counts[n_plans] = 1
+    sentences: list[Sentence] = [opener]
+    sentences += [_filler(rng, cast) for _ in range(counts[0])]
+    for k, s in enumerate(intros):
+        sentences.append(s)
+        sentences += [_filler(rng, cast) for _ in range(counts[1 + k])]
+    for j, i in enumerate(recall_order):
+        sentences.append(recalls[i])
+        sentences += [_filler(rng, cast) for _ in range(counts[1 + n_plans + j])]
+
+    b = _Builder()
+    for s in sentences:
+        b.sentence(s)
+    text = b.text()
+    annotations: list[Annotation] = []
+    for i, plan in enumerate(plans):
+        start, _ = b.spans[f"target:{i}"]
+        cue_chars = tuple(b.spans[f"{tag}:{i}"] for tag in plan.cue_tags)
+        target_text = " " + text[start : b.spans[f"target:{i}"][1]]
+        annotations.append(Annotation(plan.kind, target_text, start - 1, cue_chars, plan.cue_word))
+    annotations.sort(key=lambda a: a.target_char)
+    return Document(doc_id=doc_id, text=text, annotations=tuple(annotations))
+
+
+_SPLIT_SALT: dict[str, int] = {"train": 0x5107, "heldout": 0x4E1D}
+
+
+def generate_corpus(n_docs: int, seed: int, split: Split = "train") -> list[Document]:
+    """Generate ``n_docs`` stories, deterministically from ``seed`` and ``split``.
+
+    ``train`` and ``heldout`` draw from different random streams, so the same seed gives
+    different stories in the two splits. Document ids are ``0 .. n_docs - 1``. A prefix
+    of a corpus is the smaller corpus: ``generate_corpus(10, s)[:5] == generate_corpus(5, s)``.
+    """
+    if n_docs < 0:
+        raise StoryworldError(f"n_docs must be 0 or more, got {n_docs}")
+    if split not in _SPLIT_SALT:
+        raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
+    rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
+    return [_story(rng, i) for i in range(n_docs)]
+
+
+# --------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------
+
+
+def _encode_offsets(
+    text: str, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+    return ids, offsets
+
+
+def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id of ``<|endoftext|>``; raises if the tokenizer lacks it."""
+    tid = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
+    if not isinstance(tid, int) or tokenizer.convert_ids_to_tokens(tid) != BOS_TOKEN:
+        raise StoryworldError(
+            f"the tokenizer has no {BOS_TOKEN!r} token; use the storyworld tokenizer "
+            "(lookuplens.zoo.default_model_path()) or a GPT-2-style tokenizer"
+        )
+    return tid
+
+
+def encode_document(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids of a document with BOS prepended (index 0 is BOS)."""
+    ids, _ = _encode_offsets(doc.text, tokenizer)
+    return [bos_id(tokenizer), *ids]
+
+
+def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[TokenAnnotation]:
+    """Map each annotation of ``doc`` to token indices in the BOS-prepended sequence.
+
+    Index 0 is the BOS token ``<|endoftext|>``; the text's first token has index 1. The
+    target must be exactly one token; cue spans map to every token they overlap.
+    """
+    ids, offsets = _encode_offsets(doc.text, tokenizer)
+    result: list[TokenAnnotation] = []
+    for ann in doc.annotations:
+        first_letter = ann.target_char + 1
+        hits = [i for i, (s, e) in enumerate(offsets) if s <= first_letter < e]
+        if len(hits) != 1:
+            raise StoryworldError(f"doc {doc.doc_id}: no token covers offset {first_letter}")
+        t = hits[0]
+        s, e = offsets[t]
+        end = ann.target_char + len(ann.target)
+        if not (s <= ann.target_char + 1 and e == end) or tokenizer.decode([ids[t]]) != ann.target:
+            raise StoryworldError(
+                f"doc {doc.doc_id}: target {ann.target!r} is not a single token of this "
+                "tokenizer; use the storyworld tokenizer (lookuplens.zoo.default_model_path())"
+            )
+        cues = sorted(
+            {
+                i
+                for (cs, ce) in ann.cue_chars
+                for i, (s2, e2) in enumerate(offsets)
+                if s2 < ce and cs < e2
+            }
+        )
+        result.append(
+            TokenAnnotation(
+                kind=ann.kind,
+                target=ann.target,
+                target_token_id=ids[t],
+                target_index=t + 1,
+                cue_indices=tuple(i + 1 for i in cues),
+                cue_word=ann.cue_word,
+            )
+        )
+    return result
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Raise :class:`StoryworldError` unless every planted target and cue word is one token."""
+    bad = []
+    for word in single_token_words():
+        ids, _ = _encode_offsets(word, tokenizer)
+        if len(ids) != 1:
+            bad.append(word)
+    if bad:
+        raise StoryworldError(
+            f"{len(bad)} storyworld words are not single tokens ({bad[:8]}); train the "
+            "tokenizer on more storyworld text or raise its vocab_size"
+        )

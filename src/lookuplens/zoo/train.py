@@ -1,0 +1,470 @@
+"""Train the storyworld tokenizer and a small GPT-2 from scratch on CPU.
+
+The defaults of :class:`TrainConfig` are the recipe of the shipped checkpoint
+(``lookuplens.zoo.default_model_path()``). Run it with ``lookuplens zoo train --out DIR``
+or ``python -m lookuplens.zoo.train --out DIR``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (  # type: ignore[attr-defined]
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    PreTrainedTokenizerBase,
+)
+
+from lookuplens import __version__
+from lookuplens.errors import UserError
+from lookuplens.zoo.card import write_model_card
+from lookuplens.zoo.evaluate import Evaluation, evaluate, pad_batch
+from lookuplens.zoo.mechanism import (
+    HeadFinding,
+    NeuronFinding,
+    find_mechanism,
+    single_token_id,
+    top_token_neurons,
+)
+from lookuplens.zoo.storyworld import (
+    BOS_TOKEN,
+    Document,
+    bos_id,
+    check_tokenizer,
+    generate_corpus,
+    single_token_words,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained model. The defaults are the shipped recipe."""
+
+    seed: int = 0
+    """Seeds the corpus, the tokenizer's corpus, the initial weights and the batch order."""
+    n_train_docs: int = 40_000
+    """Stories generated for training (``split="train"``); the tokenizer is trained on them."""
+    n_eval_docs: int = 2_000
+    """Held-out stories (``split="heldout"``) measured for the model card."""
+    n_mechanism_docs: int = 500
+    """Held-out stories used to locate the " an" neuron and the look-up heads."""
+    vocab_size: int = 2048
+    """Upper bound on the BPE vocabulary; the storyworld needs about 1,100 tokens."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    d_model: int = 128
+    """Residual stream width (GPT-2's ``n_embd``)."""
+    d_mlp: int = 512
+    """MLP hidden width (GPT-2's ``n_inner``): the number of neurons per layer."""
+    n_positions: int = 256
+    """Context length; stories are at most about 170 tokens."""
+    dropout: float = 0.0
+    """Dropout on embeddings and residual writes (``embd_pdrop``, ``resid_pdrop``)."""
+    attn_dropout: float = 0.0
+    """Dropout on attention probabilities (``attn_pdrop``)."""
+    steps: int = 1_500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Stories per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (after warm-up; cosine decay afterwards)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of ``lr``."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices (not on biases or LayerNorm)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.98
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    num_threads: int = 1
+    """Torch CPU threads (the shipped checkpoint was trained with 1, two runs sharing 2 cores)."""
+    planted_weight: float = 10.0
+    """Loss weight of the planted targets (1.0: plain language modelling). Planted
+    look-ups are about 2% of tokens and need attention to form; weighting them is a
+    curriculum that makes them form within the CPU budget."""
+    log_every: int = 50
+    """Steps between progress log lines."""
+    probe_every: int = 250
+    """Steps between planted-accuracy probes on 200 held-out stories (0: never)."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "n_train_docs",
+            "n_layer",
+            "n_head",
+            "d_model",
+            "d_mlp",
+            "n_positions",
+            "steps",
+            "batch_size",
+            "num_threads",
+            "log_every",
+            "vocab_size",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_eval_docs < 0 or self.n_mechanism_docs < 0:
+            raise ValueError("n_eval_docs and n_mechanism_docs must be 0 or more")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
+                "pick e.g. d_model=128 with n_head=4"
+            )
+        if self.vocab_size < 300:
+            raise ValueError("vocab_size must be at least 300 (256 bytes plus merges)")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attn_dropout < 1.0):
+            raise ValueError("dropout and attn_dropout must be in [0, 1)")
+        if self.lr <= 0 or not (0.0 <= self.min_lr_ratio <= 1.0):
+            raise ValueError("lr must be positive and min_lr_ratio in [0, 1]")
+        if self.probe_every < 0:
+            raise ValueError("probe_every must be 0 or more (0 turns probes off)")
+        if self.planted_weight < 0:
+            raise ValueError("planted_weight must be 0 or more (1.0 means no extra weight)")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be 0 or more")
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> TrainConfig:
+        """Build from a recipe's ``config`` mapping, ignoring unknown keys."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out_dir: Path
+    seconds: float
+    """Wall time of the optimisation loop."""
+    final_loss: float
+    """Mean training loss over the last ``log_every`` steps."""
+    evaluation: Evaluation | None
+    neurons: tuple[NeuronFinding, ...]
+    heads: tuple[HeadFinding, ...]
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> GPT2TokenizerFast:
+    """A GPT-2-style byte-level BPE trained on ``texts``; ``<|endoftext|>`` is every special.
+
+    Tokens carry their leading space (``" an"``); no BOS is added automatically: callers
+    prepend it (the project-wide rule). Every planted target and cue word of the
+    storyworld is guaranteed to be one token (a lexicon of them is trained on too).
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # The lexicon makes every planted word a single token even on a tiny corpus.
+    lexicon = " " + " ".join(w.strip() for w in single_token_words())
+    tok.train_from_iterator([*texts, *([lexicon] * 100)], trainer)
+    fast = GPT2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS_TOKEN,
+        eos_token=BOS_TOKEN,
+        unk_token=BOS_TOKEN,
+        pad_token=BOS_TOKEN,
+        add_prefix_space=False,
+    )
+    check_tokenizer(fast)
+    return fast
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator
+) -> Iterator[list[int]]:
+    """Endless batches of document indices; length-bucketed within shuffled windows."""
+    n = len(lengths)
+    while True:
+        order = rng.permutation(n)
+        window = batch_size * 50
+        batches: list[list[int]] = []
+        for s in range(0, n, window):
+            chunk = sorted(order[s : s + window].tolist(), key=lambda i: lengths[i])
+            batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        for b in rng.permutation(len(batches)).tolist():
+            yield batches[b]
+
+
+def _planted_predict_positions(
+    doc: Document, offsets: Sequence[tuple[int, int]], n_positions: int
+) -> tuple[int, ...]:
+    """Positions (BOS at 0) whose next token is a planted target, within the context."""
+    starts = [s for s, _ in offsets]
+    out = []
+    for ann in doc.annotations:
+        t = bisect.bisect_right(starts, ann.target_char + 1) - 1  # token holding the target
+        if 0 <= t and t + 1 < n_positions:
+            out.append(t)  # the target is at t + 1 after BOS; it is predicted at t
+    return tuple(out)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 for ``cfg`` (weights depend on the torch seed)."""
+    bos = bos_id(tokenizer)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.d_mlp,
+        activation_function="gelu_new",
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.attn_dropout,
+        bos_token_id=bos,
+        eos_token_id=bos,
+        pad_token_id=bos,
+        tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def package_versions() -> dict[str, str]:
+    import tokenizers
+    import transformers
+
+    return {
+        "lookuplens": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder; pass another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(
+            f"{out_dir} is not empty; pass a new folder as --out, or --overwrite to replace it"
+        )
+
+
+def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResult:
+    """Generate the corpus, train tokenizer and model, measure them, and save everything.
+
+    ``out_dir`` receives ``config.json``, ``model.safetensors``, the tokenizer files,
+    ``recipe.json`` and ``MODEL_CARD.md``. The folder is written in a temporary sibling
+    and moved into place at the end, so an interrupted run leaves nothing half-written.
+    Raises :class:`~lookuplens.errors.UserError` if ``out_dir`` is not empty and
+    ``overwrite`` is false.
+    """
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    torch.set_num_threads(cfg.num_threads)
+    _seed_everything(cfg.seed)
+
+    t0 = time.perf_counter()
+    docs = generate_corpus(cfg.n_train_docs, cfg.seed, "train")
+    tokenizer = train_tokenizer([d.text for d in docs], cfg.vocab_size)
+    bos = bos_id(tokenizer)
+    encoded = tokenizer(
+        [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True
+    )
+    seqs = [[bos, *ids][: cfg.n_positions] for ids in encoded["input_ids"]]
+    planted = [
+        _planted_predict_positions(doc, offsets, cfg.n_positions)
+        for doc, offsets in zip(docs, encoded["offset_mapping"], strict=True)
+    ]
+    n_tokens = sum(len(s) for s in seqs)
+    logger.info(
+        "corpus: %d stories, %d tokens, vocab %d (%.1fs)",
+        len(docs),
+        n_tokens,
+        len(tokenizer),
+        time.perf_counter() - t0,
+    )
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %d parameters", n_params)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+    )
+    batches = _batches([len(s) for s in seqs], cfg.batch_size, np.random.default_rng(cfg.seed))
+
+    probe_docs = generate_corpus(200, cfg.seed + 1, "heldout") if cfg.probe_every else []
+    model.train()
+    start = time.perf_counter()
+    seen_tokens = 0
+    window: list[float] = []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        idx = next(batches)
+        ids, mask = pad_batch([seqs[i] for i in idx], bos)
+        logits = model(input_ids=ids, attention_mask=mask.long()).logits
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        weight = mask[:, 1:].float()
+        for row, i in enumerate(idx):
+            weight[row, list(planted[i])] = cfg.planted_weight
+        n_real = mask[:, 1:].sum()
+        loss = (ce * mask[:, 1:]).sum() / n_real  # plain LM loss, for the log
+        opt.zero_grad(set_to_none=True)
+        ((ce * weight).sum() / n_real).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seen_tokens += int(mask.sum())
+        window.append(loss.item())
+        window = window[-cfg.log_every :]
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (step + 1) * (cfg.steps - step - 1)
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e %.0f tok/s eta %.0fs",
+                step + 1,
+                cfg.steps,
+                sum(window) / len(window),
+                _lr_at(step, cfg),
+                seen_tokens / elapsed,
+                eta,
+            )
+        if cfg.probe_every and (step + 1) % cfg.probe_every == 0 and step + 1 < cfg.steps:
+            probe_start = time.perf_counter()
+            ev = evaluate(model, tokenizer, probe_docs)
+            start += time.perf_counter() - probe_start  # probes do not count as training
+            an_id = single_token_id(tokenizer, " an")
+            found = [f"L{lay}N{n}(#{r})" for lay, n, r in top_token_neurons(model, an_id)]
+            logger.info(
+                "probe at step %d: %s a %.3f an %.3f; ' an' neurons %s",
+                step + 1,
+                " ".join(f"{k} {ev.rate(k):.3f}" for k in ev.accuracy),
+                *(c / max(t, 1) for c, t in (ev.by_target[" a"], ev.by_target[" an"])),
+                " ".join(found[:4]) or "none",
+            )
+    seconds = time.perf_counter() - start
+    final_loss = sum(window) / max(len(window), 1)
+    model.eval()
+
+    evaluation, neurons, heads = measure(model, tokenizer, cfg)
+    recipe = {
+        "config": asdict(cfg),
+        "seed": cfg.seed,
+        "corpus": {
+            "generator": "lookuplens.zoo.storyworld",
+            "train_docs": len(docs),
+            "train_tokens": n_tokens,
+            "eval_docs": cfg.n_eval_docs,
+            "eval_split": "heldout",
+            "vocab": len(tokenizer),
+        },
+        "parameters": n_params,
+        "train_tokens_seen": seen_tokens,
+        "training_seconds": round(seconds, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "final_train_loss": final_loss,
+        "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(),
+        "evaluation": evaluation.as_json() if evaluation else None,
+        "mechanism": {
+            "neurons": [n.as_json() for n in neurons[:5]],
+            "heads": [h.as_json() for h in heads if h.kind == "article"][:5],
+        },
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        write_model_card(tmp, recipe, evaluation, neurons, heads)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved %s (%.1fs training)", out_dir, seconds)
+    return TrainResult(out_dir, seconds, final_loss, evaluation, tuple(neurons), tuple(heads))
+
+
+def measure(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig
+) -> tuple[Evaluation | None, list[NeuronFinding], list[HeadFinding]]:
+    """Held-out accuracy and the " an" mechanism, as reported on the model card."""
+    heldout: list[Document] = generate_corpus(cfg.n_eval_docs, cfg.seed, "heldout")
+    evaluation = evaluate(model, tokenizer, heldout) if heldout else None
+    if evaluation:
+        logger.info(
+            "held-out: %s, ordinary loss %.4f",
+            {k: f"{evaluation.rate(k):.3f}" for k in evaluation.accuracy},
+            evaluation.ordinary_loss,
+        )
+    neurons, heads = find_mechanism(model, tokenizer, heldout[: cfg.n_mechanism_docs])
+    for n in neurons[:3]:
+        logger.info("' an' neuron %s: %s", n.label, n)
+    for h in [h for h in heads if h.kind == "article"][:3]:
+        logger.info("article head %s: %s", h.label, h)
+    return evaluation, neurons, heads
+
+
+if __name__ == "__main__":
+    from lookuplens.zoo.cli import train_main
+
+    train_main()

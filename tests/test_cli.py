@@ -1,0 +1,81 @@
+"""The command line as a user meets it: help, version, and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "100"}
+    return subprocess.run(
+        [sys.executable, "-m", "lookuplens.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_help_lists_commands_and_version() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("run", "neurons", "scan", "inspect", "zoo"):
+        assert command in out.stdout
+    v = cli("--version")
+    assert v.returncode == 0 and v.stdout.startswith("lookuplens ")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("corpora")
+    good = root / "good.txt"
+    good.write_text("An owl sat on the tree.\nShe bought an apple at the market.\n")
+    empty = root / "empty.txt"
+    empty.write_text("\n\n  \n")
+    latin = root / "latin1.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    return {"good": good, "empty": empty, "latin": latin}
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing_model", "no model directory"),
+        ("missing_corpus", "does not exist"),
+        ("empty_corpus", "empty"),
+        ("non_utf8", "UTF-8"),
+        ("bad_layer", "out of range"),
+        ("k_zero", "k must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    case: str, needle: str, corpora: dict[str, Path], tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    model = str(tiny_dirs["gpt2"])
+    out = tmp_path / "run"
+    args = {
+        "missing_model": ["--model", "./no-such-model", "--corpus", str(corpora["good"])],
+        "missing_corpus": ["--model", model, "--corpus", str(tmp_path / "nope.txt")],
+        "empty_corpus": ["--model", model, "--corpus", str(corpora["empty"])],
+        "non_utf8": ["--model", model, "--corpus", str(corpora["latin"])],
+        "bad_layer": ["--model", model, "--corpus", str(corpora["good"]), "--layers", "7"],
+        "k_zero": ["--model", model, "--corpus", str(corpora["good"]), "--k", "0"],
+    }[case]
+    res = cli("scan", *args, "--out", str(out))
+    assert res.returncode == 2, res.stderr
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error:"), res.stderr
+    assert needle.lower() in err[0].lower()
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    res = cli("--debug", "inspect", "--model", str(tmp_path / "nothing"))
+    assert res.returncode != 0 and "Traceback" in res.stderr

@@ -1,0 +1,169 @@
+"""`lookuplens zoo train` / `card` end to end on a tiny config, and TrainConfig rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from lookuplens.zoo import default_model_path
+from lookuplens.zoo.cli import app, train_command
+from lookuplens.zoo.train import TrainConfig
+
+TINY = [
+    "--steps",
+    "6",
+    "--n-docs",
+    "300",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-model",
+    "32",
+    "--d-mlp",
+    "64",
+    "--eval-docs",
+    "20",
+    "--mechanism-docs",
+    "10",
+    "--log-every",
+    "3",
+    "--probe-every",
+    "4",
+    "--threads",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zoo") / "tiny"
+    result = CliRunner().invoke(app, ["train", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "saved" in result.output
+    return out
+
+
+def test_train_writes_loadable_checkpoint(tiny_checkpoint: Path) -> None:
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.json",
+        "MODEL_CARD.md",
+    ):
+        assert (tiny_checkpoint / name).is_file()
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    assert model.config.n_layer == 1 and model.config.n_embd == 32
+    ids = torch.tensor([[tok.bos_token_id, *tok(" Mia found an owl")["input_ids"]]])
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))
+    recipe = json.loads((tiny_checkpoint / "recipe.json").read_text())
+    assert recipe["config"]["steps"] == 6 and recipe["seed"] == 0
+    assert {"torch", "transformers", "tokenizers"} <= set(recipe["versions"])
+    assert recipe["training_seconds"] >= 0
+    assert set(recipe["evaluation"]["accuracy"]) == {"article", "topic", "name"}
+    card = (tiny_checkpoint / "MODEL_CARD.md").read_text()
+    assert "Held-out evaluation" in card and "stand-in" in card
+    assert not list(tiny_checkpoint.parent.glob(".tiny.*"))  # no temporary folder left
+
+
+def test_train_refuses_non_empty_out(tiny_checkpoint: Path) -> None:
+    before = (tiny_checkpoint / "model.safetensors").read_bytes()
+    result = CliRunner().invoke(app, ["train", "--out", str(tiny_checkpoint), *TINY])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert (tiny_checkpoint / "model.safetensors").read_bytes() == before
+
+
+def test_train_is_deterministic(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    result = CliRunner().invoke(app, ["train", "--out", str(again), *TINY])
+    assert result.exit_code == 0, result.output
+    a = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(again).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_card_rewrites_model_card(tiny_checkpoint: Path) -> None:
+    card = tiny_checkpoint / "MODEL_CARD.md"
+    card.write_text("stale")
+    result = CliRunner().invoke(
+        app,
+        [
+            "card",
+            str(tiny_checkpoint),
+            "--eval-docs",
+            "15",
+            "--mechanism-docs",
+            "5",
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "on 15 held-out stories" in card.read_text()
+    assert json.loads((tiny_checkpoint / "recipe.json").read_text())["evaluation"]["n_docs"] == 15
+
+
+def test_card_on_missing_folder_fails_cleanly(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["card", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "config.json" in result.output
+
+
+def test_cli_defaults_are_the_recipe() -> None:
+    cfg = TrainConfig()
+    names = {
+        "seed": "seed",
+        "steps": "steps",
+        "n_docs": "n_train_docs",
+        "batch_size": "batch_size",
+        "lr": "lr",
+        "warmup_steps": "warmup_steps",
+        "weight_decay": "weight_decay",
+        "layers": "n_layer",
+        "heads": "n_head",
+        "d_model": "d_model",
+        "d_mlp": "d_mlp",
+        "n_positions": "n_positions",
+        "dropout": "dropout",
+        "attn_dropout": "attn_dropout",
+        "eval_docs": "n_eval_docs",
+        "mechanism_docs": "n_mechanism_docs",
+        "threads": "num_threads",
+        "log_every": "log_every",
+        "planted_weight": "planted_weight",
+        "probe_every": "probe_every",
+    }
+    params = inspect.signature(train_command).parameters
+    for option, field in names.items():
+        assert params[option].default == getattr(cfg, field), option
+    assert set(names.values()) | {"vocab_size", "min_lr_ratio", "beta1", "beta2", "grad_clip"} == {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
+
+
+def test_shipped_recipe_matches_defaults() -> None:
+    recipe = json.loads((default_model_path() / "recipe.json").read_text())
+    assert TrainConfig.from_json(recipe["config"]) == TrainConfig()
+
+
+def test_help_documents_recipe() -> None:
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "recipe" in result.output and "--out" in result.output
+
+
+@pytest.mark.parametrize(
+    "bad", [{"d_model": 130, "n_head": 4}, {"steps": 0}, {"dropout": 1.0}, {"lr": -1.0}]
+)
+def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)  # type: ignore[arg-type]
