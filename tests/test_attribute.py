@@ -17,6 +17,7 @@ from lookuplens.attribute import (
     decompose_neuron_input,
     head_means,
     label_examples,
+    plan_batches,
     upstream_layers,
 )
 from lookuplens.model import LoadedModel, from_hf, hook_name, load_model
@@ -95,9 +96,12 @@ def test_ablations_equal_full_recomputation(lm: LoadedModel) -> None:
     att = attribute_examples(lm, ex, cfg)
     prompts = [list(t) for t in ex.column("tokens").to_pylist()]
     means = head_means(lm, prompts, 1)
-    # the donor of each example, as the resample ablation draws it
-    g = np.random.default_rng([3, 0])
-    donor = (np.arange(3) + g.integers(1, 3, size=3)) % 3
+    # the donor of each example, as the resample ablation draws it within its batch
+    (batch,) = plan_batches(ex, cfg)[1]
+    order = [int(e) for e in batch.example_ids]
+    g = np.random.default_rng([3, order[0]])
+    pick = (np.arange(3) + g.integers(1, 3, size=3)) % 3
+    donor = {order[j]: order[int(pick[j])] for j in range(3)}
     for i in range(3):
         clean = post_with(lm, prompts[i], 1, NEURONS[i])
         for hl in upstream_layers(lm, 1):

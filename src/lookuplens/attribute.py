@@ -448,11 +448,13 @@ def plan_batches(
 ) -> tuple[list[list[int]], list[ExampleBatch]]:
     """All prompts (for `head_means`) and the batches, numbered as the stage's shards.
 
-    Examples are sorted by (layer, neuron, example_id) and cut into batches of
-    `cfg.batch_examples` within each layer; every backend uses this plan, so shard ``i`` is
-    the same batch whichever backend wrote it.
+    Examples are sorted by (layer, prompt length, neuron, example_id), so that a batch
+    pads little, and cut into batches of `cfg.batch_examples` within each layer; every
+    backend uses this plan, so shard ``i`` is the same batch whichever backend wrote it.
     """
-    ex = examples.to_pandas().sort_values(["layer", "neuron", "example_id"], kind="stable")
+    ex = examples.to_pandas()
+    ex["_len"] = ex.tokens.map(len)
+    ex = ex.sort_values(["layer", "_len", "neuron", "example_id"], kind="stable")
     prompts = [list(t) for t in ex.tokens]
     batches: list[ExampleBatch] = []
     for layer, g in ex.groupby("layer", sort=True):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import torch
 from scipy import stats
 from torch import Tensor
@@ -173,6 +174,8 @@ def verify_run(
         )
         for r in ex.itertuples()
     ]
+    # batches of similar length pad little; the table is sorted back at the end
+    rows.sort(key=lambda r: (len(r.tokens), r.example_id))
     means = {
         (int(a), int(b)): float(m)
         for a, b, m in zip(
@@ -213,6 +216,7 @@ def verify_run(
         for p in kept.itertuples():
             for r in by_neuron.get((int(p.layer), int(p.neuron)), []):
                 head_jobs.append((r, (int(p.head_layer), int(p.head))))
+    head_jobs.sort(key=lambda j: (len(j[0].tokens), j[0].example_id, j[1]))
     total = len(rows) * (1 + len(interventions)) + len(head_jobs)
     done = 0
     clean: dict[int, tuple[Tensor, float]] = {}
@@ -254,6 +258,16 @@ def verify_run(
             "head": pa.array(out["head"], pa.int64()),
         }
     )
+    order = pa.compute.sort_indices(
+        effects,
+        sort_keys=[
+            ("example_id", "ascending"),
+            ("intervention", "ascending"),
+            ("head_layer", "ascending"),
+            ("head", "ascending"),
+        ],
+    )
+    effects = effects.take(order)
     return effects, ks_tests(effects, labels, pairs)
 
 
