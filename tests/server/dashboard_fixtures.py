@@ -17,6 +17,7 @@ from lookuplens.model.tiny import build_tiny_model
 from lookuplens.neurons import NeuronsConfig
 from lookuplens.pipeline import RunConfig, run_pipeline
 from lookuplens.scan import ScanConfig
+from lookuplens.server.cli import KEEP_ALIVE_S
 from lookuplens.store import RunDir
 
 WORDS = (
@@ -112,7 +113,7 @@ def build_served(root: Path) -> Served:
 
 
 class LiveServer:
-    """uvicorn serving an app on 127.0.0.1 (a free port) in a thread."""
+    """uvicorn serving an app on 127.0.0.1 (a free port) in a thread, set up as `serve` is."""
 
     def __init__(self, app: object) -> None:
         import uvicorn
@@ -125,6 +126,7 @@ class LiveServer:
             access_log=False,
             limit_concurrency=1000,
             backlog=512,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

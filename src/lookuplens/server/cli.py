@@ -10,6 +10,11 @@ import typer
 
 from lookuplens.errors import UserError
 
+KEEP_ALIVE_S = 30
+"""Seconds an idle keep-alive connection stays open. uvicorn's default (5 s) races with
+clients that reuse a connection after waiting on a slow model call: the server closes it
+just as the next request is sent, and the client sees a read error."""
+
 log = logging.getLogger(__name__)
 
 __all__ = ["serve_command"]
@@ -82,7 +87,9 @@ def serve_command(
     secret = app.state.token
     sock = _bind(host, port)
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S
+    )
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
