@@ -71,8 +71,13 @@ def _forward(
     lm: LoadedModel,
     rows: list[_Row],
     edit: Callable[[list[_Row]], list[tuple[str, Callable[[Tensor, str], Tensor | None]]]] | None,
+    calls: list | None = None,  # type: ignore[type-arg]
 ) -> tuple[Tensor, Tensor]:
-    """Log-probs of the next token at each prompt's last position, and the neuron's activation."""
+    """Log-probs of the next token at each prompt's last position, and the neuron's activation.
+
+    With `calls` (the batch's recorded layer calls), only the layers from the rows' first
+    neuron layer on are run again.
+    """
     ids, mask = _pad(lm, [r.tokens for r in rows])
     pos = mask.sum(1) - 1
     acts = torch.empty(len(rows), dtype=torch.float64)
@@ -88,8 +93,16 @@ def _forward(
             acts[sel] = x[sel, pos[sel], cols].double().cpu()
 
         hooks.append((hook_name(layer, "mlp.hook_post"), grab))
-    logits, _ = lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=hooks)
-    assert logits is not None
+    if calls is None:
+        logits, _ = lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=hooks)
+        assert logits is not None
+    else:
+        # prefix reuse: layers before the first edited one are the same as in the clean run
+        start = min(r.layer for r in rows)
+        out = lm.replay_layers(
+            calls, start, lm.n_layers - 1, calls[start].hidden, torch.arange(len(rows)), hooks=hooks
+        )
+        logits = lm.unembed(out)
     last = logits[torch.arange(len(rows)), pos].double()
     return torch.log_softmax(last, dim=-1).cpu(), acts
 
@@ -175,7 +188,7 @@ def verify_run(
         for r in ex.itertuples()
     ]
     # batches of similar length pad little; the table is sorted back at the end
-    rows.sort(key=lambda r: (len(r.tokens), r.example_id))
+    rows.sort(key=lambda r: (r.layer, len(r.tokens), r.example_id))
     means = {
         (int(a), int(b)): float(m)
         for a, b, m in zip(
@@ -222,12 +235,14 @@ def verify_run(
     clean: dict[int, tuple[Tensor, float]] = {}
     for j in range(0, len(rows), cfg.batch_rows):
         part = rows[j : j + cfg.batch_rows]
-        lp, act = _forward(lm, part, None)
+        ids, mask = _pad(lm, [r.tokens for r in part])
+        calls, _ = lm.capture_layer_calls(ids, mask, lm.n_layers - 1)
+        lp, act = _forward(lm, part, None, calls)
         for i, r in enumerate(part):
             clean[r.example_id] = (lp[i], float(act[i]))
         done += len(part)
         for name, edit in interventions:
-            lp2, act2 = _forward(lm, part, edit)
+            lp2, act2 = _forward(lm, part, edit, calls)
             for i, r in enumerate(part):
                 c_lp, c_act = clean[r.example_id]
                 _append(out, r, name, c_lp, lp2[i], c_act, float(act2[i]), None)

@@ -506,8 +506,9 @@ class LoadedModel:
         hidden: Float[Tensor, "rows pos d_model"],
         rows: Int[Tensor, " rows"],
         hooks: Sequence[tuple[str, HookFn]] = (),
-    ) -> None:
-        """Run decoder layers `start`..`stop` on `hidden`, reusing recorded calls.
+    ) -> Tensor:
+        """Run decoder layers `start`..`stop` on `hidden`, reusing recorded calls; return
+        layer `stop`'s output.
 
         `rows[i]` says which row of the recorded batch row i of `hidden` stands for; the
         recorded per-row tensors (masks, position embeddings) are gathered accordingly.
@@ -538,6 +539,12 @@ class LoadedModel:
                 else:
                     out = self.layer(i)(*args, **kwargs)
                 h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits from the last layer's output: the final norm, then the LM head."""
+        with torch.no_grad():
+            return self.hf.get_output_embeddings()(self.final_norm(resid))
 
     def to_tokens(self, text: str, bos: bool = True) -> Int[Tensor, "1 pos"]:
         """Tokenise one text with the project-wide rule (BOS first, when the tokenizer has one)."""
