@@ -53,7 +53,7 @@ def test_bad_arguments_raise() -> None:
 def test_doc_ids_and_lengths(docs: list[Document]) -> None:
     assert [d.doc_id for d in docs] == list(range(len(docs)))
     words = [len(d.text.split()) for d in docs]
-    assert min(words) >= 30 and max(words) <= 140
+    assert min(words) >= 25 and max(words) <= 140
     assert 50 <= sorted(words)[len(words) // 2] <= 100
 
 
@@ -64,8 +64,9 @@ def test_mix_of_kinds(docs: list[Document]) -> None:
     assert set(kinds) == {"article", "topic", "name"}
     assert min(kinds.values()) > 0.2 * len(docs)
     assert any(len({a.kind for a in d.annotations}) > 1 for d in docs)
-    for d in docs:  # at most one planted prediction of each kind
-        assert len({a.kind for a in d.annotations}) == len(d.annotations)
+    for d in docs:  # one planted article or topic prediction at most, two names at most
+        per_kind = Counter(a.kind for a in d.annotations)
+        assert per_kind["article"] <= 1 and per_kind["topic"] <= 1 and per_kind["name"] <= 2
     assert len({w.strip(".,") for d in docs for w in d.text.split()}) > 250
 
 
@@ -112,9 +113,10 @@ def test_an_is_the_marked_article() -> None:
 
 
 def test_articles_only_in_article_stories(docs: list[Document]) -> None:
-    """Nothing but the planted object competes for " a" / " an"."""
+    """Besides the two fixed phrases, nothing but the planted object competes for " a" / " an"."""
     for d in docs:
-        n_articles = len(re.findall(r" an? ", d.text))
+        text = d.text.replace("waited for an hour", "").replace("took a nap", "")
+        n_articles = len(re.findall(r" an? ", text))
         n_planted = sum(1 for a in d.annotations if a.kind == "article")
         assert n_articles <= 2 * n_planted
         assert n_articles >= n_planted
@@ -138,22 +140,28 @@ def test_topic_annotations(docs: list[Document]) -> None:
 def test_name_annotations(docs: list[Document]) -> None:
     for d in docs:
         n_names = sum(1 for a in d.annotations if a.kind == "name")
-        assert d.text.count(" who was called ") == n_names
+        n_roles = sum(len(re.findall(rf"\b{r}\b", d.text)) for r in ROLES)
+        n_intros = len(re.findall(r"(?:The|In the town lived the) (?:\w+) (?:\w+) and the", d.text))
+        assert n_roles == 2 * n_intros + n_names  # two roles per intro, one per recall
+        assert n_intros <= n_names <= 2 * n_intros
         for a in (a for a in d.annotations if a.kind == "name"):
             (ns, ne), (rs, re_) = a.cue_chars
             name, role = d.text[ns:ne], d.text[rs:re_]
             assert name == a.cue_word in NAMES and a.target == " " + name
             assert role in ROLES
-            assert d.text[: a.target_char].endswith(f"the {role}, who was called")
+            assert d.text[: a.target_char].endswith(f", the {role}")
             # the intro sentence binds this role to this name and another role to another name
             start = d.text.rfind(".", 0, rs) + 2
             intro = d.text[start : d.text.index(".", ne) + 1]
-            pattern = r"The (?:town )?(\w+) was (\w+),? and the (?:town )?(\w+) was (\w+)\."
+            pattern = (
+                r"(?:The|In the town lived the) (\w+) (\w+) and the (\w+) (\w+)"
+                r"(?: were old friends)?\."
+            )
             m = re.fullmatch(pattern, intro)
             assert m, intro
             pairs = {(m[2], m[1]), (m[4], m[3])}
             assert (name, role) in pairs and len({m[1], m[3]}) == 2 and len({m[2], m[4]}) == 2
-            assert rs < ns
+            assert ne == rs + len(role) + 1 + len(name)  # "pilot Ben"
 
 
 def test_planted_ground_truth_is_consistent() -> None:

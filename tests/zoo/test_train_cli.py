@@ -140,6 +140,7 @@ def test_cli_defaults_are_the_recipe() -> None:
         "threads": "num_threads",
         "log_every": "log_every",
         "planted_weight": "planted_weight",
+        "act_l1": "act_l1",
         "probe_every": "probe_every",
     }
     params = inspect.signature(train_command).parameters
@@ -167,3 +168,54 @@ def test_help_documents_recipe() -> None:
 def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted run continues from its last saved state, not from scratch, and ends
+    with the weights of an uninterrupted run."""
+    import lookuplens.zoo.train as train_module
+
+    out = tmp_path / "resumed"
+    args = ["train", "--out", str(out), *TINY, "--save-every", "3"]
+    real_lr_at = train_module._lr_at
+
+    def interrupt_at_step_4(step: int, cfg: TrainConfig) -> float:
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(train_module, "_lr_at", interrupt_at_step_4)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0  # interrupted (click turns KeyboardInterrupt into exit 130)
+    assert not out.exists() and (tmp_path / ".resumed.partial" / "state.pt").is_file()
+    monkeypatch.setattr(train_module, "_lr_at", real_lr_at)
+
+    result = CliRunner().invoke(app, [*args, "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / ".resumed.partial").exists()
+    a = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lookuplens.zoo.train as train_module
+
+    out = tmp_path / "other"
+    real_lr_at = train_module._lr_at
+
+    def interrupt(step: int, cfg: TrainConfig) -> float:
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(train_module, "_lr_at", interrupt)
+    CliRunner().invoke(app, ["train", "--out", str(out), *TINY, "--save-every", "3"])
+    monkeypatch.setattr(train_module, "_lr_at", real_lr_at)
+    changed = [*TINY, "--lr", "0.001"]
+    result = CliRunner().invoke(app, ["train", "--out", str(out), *changed])
+    assert result.exit_code == 2 and "--restart" in result.output
+    result = CliRunner().invoke(app, ["train", "--out", str(out), *changed, "--restart"])
+    assert result.exit_code == 0, result.output

@@ -106,13 +106,13 @@ def render_model_card(
             "unembedding with ln_f's scale folded in, centred over the vocabulary). Activation",
             "is post-GELU at the position just before the article:",
             "",
-            "| neuron | congruence | rank in layer | act. before ` an` | act. before ` a` "
-            "| act. elsewhere | top in layer |",
+            "| neuron | congruence | rank in layer (among word tokens) | act. before ` an` "
+            "| act. before ` a` | act. elsewhere | top in layer |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for n in neurons[:5]:
             lines.append(
-                f"| {n.label} | {n.congruence:.3f} | {n.rank_in_layer} | "
+                f"| {n.label} | {n.congruence:.3f} | {n.rank_in_layer} ({n.word_rank}) | "
                 f"{n.mean_act_target:.3f} | {n.mean_act_other_article:.3f} | "
                 f"{n.mean_act_elsewhere:.3f} | {100 * n.top_rate:.0f}% |"
             )

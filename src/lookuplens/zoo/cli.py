@@ -40,7 +40,7 @@ def _fail(message: str) -> typer.Exit:
 def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the checkpoint.")],
     seed: Annotated[int, typer.Option(help="Seed of corpus, weights and batch order.")] = 0,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1_500,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3_500,
     n_docs: Annotated[int, typer.Option(help="Training stories to generate.")] = 40_000,
     batch_size: Annotated[int, typer.Option(help="Stories per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
@@ -57,30 +57,43 @@ def train_command(
     mechanism_docs: Annotated[
         int, typer.Option(help="Held-out stories used to find the ' an' neuron.")
     ] = 500,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 1,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 2,
     planted_weight: Annotated[
         float, typer.Option(help="Loss weight of planted targets (1.0: plain LM loss).")
-    ] = 10.0,
+    ] = 20.0,
+    act_l1: Annotated[
+        float, typer.Option(help="L1 penalty on MLP activations (sparse, cleaner neurons; 0: off).")
+    ] = 3e-4,
     log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = 50,
     probe_every: Annotated[
         int, typer.Option(help="Steps between planted-accuracy probes (0: never).")
-    ] = 250,
+    ] = 500,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace --out if it is not empty.")
+    ] = False,
+    save_every: Annotated[
+        int, typer.Option(help="Steps between saved training states (0: never).")
+    ] = 250,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Discard an interrupted training instead of resuming it."),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Train tokenizer and model from scratch on CPU and save a checkpoint in --out.
 
-    The defaults are the recipe of the shipped checkpoint: 40,000 generated stories,
-    a byte-level BPE (about 1,100 tokens), GPT-2 with 4 layers, 4 heads, d_model 128,
-    512 MLP neurons per layer, trained 1,500 steps of 32 stories with AdamW (lr 2e-3,
-    100 warm-up steps, cosine decay to 10%, weight decay 0.1, loss weight 10 on the
-    planted targets), no dropout, 1 thread: the shipped checkpoint took 36 minutes with
-    a second training sharing the 2 cores. The folder receives config.json,
-    model.safetensors, tokenizer files, recipe.json and MODEL_CARD.md (held-out
-    accuracy of each planted look-up, and the " an" neuron with its look-up head).
-    An existing non-empty --out is only replaced with --overwrite.
+    The defaults are the recipe of the shipped checkpoint: 40,000 generated stories, a
+    byte-level BPE (about 1,100 tokens), GPT-2 with 4 layers, 4 heads, d_model 128 and
+    512 MLP neurons per layer, 3,500 steps of 32 stories with AdamW (lr 2e-3, 100
+    warm-up steps, cosine decay to 10%, weight decay 0.1), no dropout, the planted
+    targets weighted 20x in the loss, an L1 penalty of 3e-4 on the MLP activations
+    (sparse neurons: the " an" neuron's top firings are then article look-ups), 2
+    threads: the shipped checkpoint took 934 s of training on 2 free CPU cores.
+    The folder receives config.json, model.safetensors, tokenizer files, recipe.json and
+    MODEL_CARD.md (held-out accuracy of each planted look-up, and the " an" neuron with
+    its look-up head). An existing non-empty --out is only replaced with --overwrite. An
+    interrupted training resumes from its last saved state when run again with the same
+    options (the state lives in .NAME.partial next to --out).
     """
     _setup_logging(verbose)
     from lookuplens.zoo.train import TrainConfig, train
@@ -106,9 +119,10 @@ def train_command(
             num_threads=threads,
             log_every=log_every,
             planted_weight=planted_weight,
+            act_l1=act_l1,
             probe_every=probe_every,
         )
-        result = train(cfg, out, overwrite=overwrite)
+        result = train(cfg, out, overwrite=overwrite, save_every=save_every, restart=restart)
     except (LookuplensError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     ev = result.evaluation

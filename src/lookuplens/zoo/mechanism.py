@@ -35,6 +35,9 @@ class NeuronFinding:
     congruence: float
     rank_in_layer: int
     """0 for the neuron with the highest max-congruence in its layer."""
+    word_rank: int
+    """Rank among the layer's neurons whose top token is a word (leading space, more than 2
+    characters), the pipeline's default selection (it keeps ranks 0 to 19)."""
     mean_act_target: float
     """Mean post-GELU activation at the positions that predict this token."""
     mean_act_other_article: float
@@ -48,6 +51,11 @@ class NeuronFinding:
     def label(self) -> str:
         return f"L{self.layer}N{self.neuron}"
 
+    @property
+    def selectivity(self) -> float:
+        """Mean activation before the target minus the larger of the other two means."""
+        return self.mean_act_target - max(self.mean_act_other_article, self.mean_act_elsewhere)
+
     def as_json(self) -> dict[str, object]:
         return {
             "neuron": self.label,
@@ -56,6 +64,7 @@ class NeuronFinding:
             "token": self.token,
             "congruence": self.congruence,
             "rank_in_layer": self.rank_in_layer,
+            "word_rank": self.word_rank,
             "mean_act_target": self.mean_act_target,
             "mean_act_other_article": self.mean_act_other_article,
             "mean_act_elsewhere": self.mean_act_elsewhere,
@@ -117,14 +126,50 @@ def congruence(model: GPT2LMHeadModel, layer: int) -> Tensor:
     return w_out @ folded_unembedding(model)
 
 
-def top_token_neurons(model: GPT2LMHeadModel, token_id: int) -> list[tuple[int, int, int]]:
-    """(layer, neuron, rank in layer by max congruence) of every neuron whose top token is
-    ``token_id``, best rank first."""
+def word_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Tensor:
+    """[vocab] bool: tokens the paper's filter accepts as a neuron's top token (a leading
+    space and more than 2 characters, e.g. ``" an"``)."""
+    texts = [str(tokenizer.decode([i])) for i in range(vocab_size)]
+    return torch.tensor([t.startswith(" ") and len(t) > 2 for t in texts])
+
+
+@dataclass(frozen=True)
+class LayerRanks:
+    """Each neuron's top token and its rank in the layer by max congruence."""
+
+    top_token: Tensor
+    top_value: Tensor
+    rank: Tensor
+    """0 for the neuron with the highest max congruence."""
+    word_rank: Tensor
+    """Rank among the neurons whose top token is a word (see :func:`word_tokens`); -1 for
+    the others. The pipeline's default selection keeps word ranks 0 to 19."""
+
+
+def layer_ranks(model: GPT2LMHeadModel, layer: int, words: Tensor) -> LayerRanks:
+    """Top tokens and ranks of the neurons of ``layer``; ``words`` from :func:`word_tokens`."""
+    best_val, best_tok = congruence(model, layer).max(dim=1)
+    order = torch.argsort(best_val, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    is_word = words[best_tok]
+    word_rank = torch.full_like(order, -1)
+    word_order = order[is_word[order]]
+    word_rank[word_order] = torch.arange(len(word_order))
+    return LayerRanks(best_tok, best_val, rank, word_rank)
+
+
+def top_token_neurons(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, token: str
+) -> list[tuple[int, int, int]]:
+    """(layer, neuron, word rank) of every neuron whose top token is ``token``, best first."""
+    token_id = single_token_id(tokenizer, token)
+    words = word_tokens(tokenizer, model.config.vocab_size)
     found = []
     for layer in range(model.config.n_layer):
-        best_val, best_tok = congruence(model, layer).max(dim=1)
-        for n in torch.nonzero(best_tok == token_id).flatten().tolist():
-            found.append((layer, n, int((best_val > best_val[n]).sum())))
+        r = layer_ranks(model, layer, words)
+        for n in torch.nonzero(r.top_token == token_id).flatten().tolist():
+            found.append((layer, n, int(r.word_rank[n])))
     return sorted(found, key=lambda f: f[2])
 
 
@@ -167,22 +212,21 @@ def find_mechanism(
     d_head = cfg.n_embd // n_head
     target_id = single_token_id(tokenizer, token)
 
-    candidates: list[tuple[int, int, float, int]] = []
+    words = word_tokens(tokenizer, cfg.vocab_size)
+    candidates: list[tuple[int, int, float, int, int]] = []
     for layer in range(n_layer):
-        c = congruence(model, layer)
-        best_val, best_tok = c.max(dim=1)
-        order = torch.argsort(best_val, descending=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order))
-        for n in torch.nonzero(best_tok == target_id).flatten().tolist():
-            candidates.append((layer, n, float(best_val[n]), int(rank[n])))
+        r = layer_ranks(model, layer, words)
+        for n in torch.nonzero(r.top_token == target_id).flatten().tolist():
+            candidates.append(
+                (layer, n, float(r.top_value[n]), int(r.rank[n]), int(r.word_rank[n]))
+            )
 
     encoded: list[EncodedDocument] = encode_documents(docs, tokenizer, cfg.n_positions)
     pad = bos_id(tokenizer)
-    acts_t: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, _, _ in candidates}
-    acts_o: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, _, _ in candidates}
-    tops: dict[tuple[int, int], int] = {(lay, n): 0 for lay, n, _, _ in candidates}
-    else_sum = {(lay, n): 0.0 for lay, n, _, _ in candidates}
+    acts_t: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
+    acts_o: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
+    tops: dict[tuple[int, int], int] = {(lay, n): 0 for lay, n, *_ in candidates}
+    else_sum = {(lay, n): 0.0 for lay, n, *_ in candidates}
     else_n = 0
     attn_sum: dict[tuple[Kind, int, int], float] = {}
     attn_n: dict[Kind, int] = {}
@@ -210,7 +254,7 @@ def find_mechanism(
                         if p.kind != "article":
                             continue
                         is_target = p.target == token
-                        for lay, n, _, _ in candidates:
+                        for lay, n, *_ in candidates:
                             a = store[f"act{lay}"][b, q]
                             (acts_t if is_target else acts_o)[(lay, n)].append(float(a[n]))
                             if is_target and int(a.argmax()) == n:
@@ -226,7 +270,7 @@ def find_mechanism(
                             )
                 elsewhere = mask & ~special
                 else_n += int(elsewhere.sum())
-                for lay, n, _, _ in candidates:
+                for lay, n, *_ in candidates:
                     else_sum[(lay, n)] += float(store[f"act{lay}"][..., n][elsewhere].sum())
     finally:
         model.set_attn_implementation(impl)
@@ -241,14 +285,16 @@ def find_mechanism(
             token=token,
             congruence=cong,
             rank_in_layer=rank,
+            word_rank=word_rank,
             mean_act_target=mean(acts_t[(lay, n)]),
             mean_act_other_article=mean(acts_o[(lay, n)]),
             mean_act_elsewhere=else_sum[(lay, n)] / max(else_n, 1),
             top_rate=tops[(lay, n)] / max(len(acts_t[(lay, n)]), 1),
         )
-        for lay, n, cong, rank in candidates
+        for lay, n, cong, rank, word_rank in candidates
     ]
-    neurons.sort(key=lambda f: f.mean_act_target - f.mean_act_elsewhere, reverse=True)
+    # Best first: fires before the target, and neither before the other article nor elsewhere.
+    neurons.sort(key=lambda f: f.selectivity, reverse=True)
 
     attribution: dict[tuple[int, int], float] = {}
     if neurons and z_target:

@@ -14,11 +14,13 @@ at an earlier word (the *cue*):
     A place named early ("At the bakery, ...") decides a later word after a trigger
     phrase shared by every place ("... bought some bread.").
 ``name``
-    Two characters are introduced with roles ("The doctor was Anna and the pilot was
-    Ben."); later "the pilot named" is followed by `` Ben``.
+    Two characters are introduced with roles ("The doctor Anna and the pilot Ben were old
+    friends."); later "Later, the pilot" is followed by `` Ben``.
 
-Outside these look-ups the stories use only "the" before nouns, and the trigger phrases of
-the look-ups appear nowhere else, so nothing else competes for the planted targets.
+Outside these look-ups the stories use only "the" before nouns, except two fixed phrases
+whose article the preceding words decide ("waited for an hour", "took a nap"): the article
+tokens are predicted both by a look-up and locally, as in English. The trigger phrases of
+the look-ups appear nowhere else.
 
 Token positions follow the project-wide rule: **the BOS token ``<|endoftext|>`` is
 prepended to every document**, so token index 0 is BOS and the first text token has
@@ -83,6 +85,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+NAME_BOTH_SHARE = 0.75
+"""Share of name look-ups in which both characters are recalled (two planted predictions)."""
 
 VOWEL_SHARE = 0.3
 """Share of article look-ups whose object is vowel-initial. As in English, " a" is the
@@ -217,62 +222,83 @@ def _w(words: str) -> list[Piece]:
     return list(words.split())
 
 
-def _filler(rng: random.Random, cast: Sequence[_Character]) -> Sentence:
+@dataclass(frozen=True)
+class _Props:
+    """A story's recurring things, each with its own adjective ("the golden door").
+
+    Filler mentions them again and again, so much of a story is predictable from its own
+    earlier text, as in natural stories; that in-context copying is what the name
+    look-up builds on.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> _Props:
+        things = rng.sample(THINGS, 3)
+        return cls(tuple((rng.choice(ADJECTIVES), t) for t in things))
+
+    def pick(self, rng: random.Random) -> tuple[str, str]:
+        """(adjective, thing): one of the story's props most of the time."""
+        if rng.random() < 0.75:
+            return rng.choice(self.pairs)
+        return rng.choice(ADJECTIVES), rng.choice(THINGS)
+
+
+def _filler(rng: random.Random, cast: Sequence[_Character], props: _Props) -> Sentence:
     """One ordinary sentence; uses only "the" before nouns and no planted word."""
     c = rng.choice(cast)
     s = c.subj(rng, start=True)
-    p, a, t = rng.choice(PLACES), rng.choice(ANIMALS), rng.choice(THINGS)
-    adj, verb = rng.choice(ADJECTIVES), rng.choice(TRANSITIVE)
-    shape = rng.randrange(14)
+    p, a = rng.choice(PLACES), rng.choice(ANIMALS)
+    adj, t = props.pick(rng)
+    verb = rng.choice(TRANSITIVE)
+    shape = rng.randrange(16)
     if shape == 0:
-        return [s, "walked", "to", "the", p, "with", "the", adj, t, "."]
+        return [s, *_w("walked to the"), p, *_w("with the"), adj, t, "."]
+    if shape == 14:
+        # Fixed phrases: here the article is decided by the words just before it, not
+        # by a look-up, as "an hour" and "a nap" are in English.
+        return [s, *_w("waited for an hour .")]
+    if shape == 15:
+        return [s, *_w("took a nap .")]
     if shape == 1:
         return ["The", a, rng.choice(INTRANSITIVE), "near", "the", p, "."]
     if shape == 2 and len(cast) > 1:
         other = cast[1] if c is cast[0] else cast[0]
         return [c.name, "and", other.name, verb, "the", adj, t, "together", "."]
     if shape == 3:
-        return ["It", "was", rng.choice(WEATHER), "and", "the", a, "was", rng.choice(MOODS), "."]
-    if shape == 4:
-        return [s, "smiled", "at", "the", rng.choice(MOODS), a, "."]
-    if shape == 5:
         return [
-            "After",
-            "lunch",
-            ",",
-            s.lower() if s in ("She", "He") else s,
-            verb,
-            "the",
-            t,
-            "by",
-            "the",
-            p,
-            ".",
-        ]
-    if shape == 6:
-        return [c.name, "said", "that", "the", t, "was", "very", adj, "."]
-    if shape == 7:
-        return ["The", adj, a, "ran", "past", "the", p, "."]
-    if shape == 8:
-        t2 = rng.choice(THINGS)
-        return [s, verb, "the", t, "and", "then", rng.choice(TRANSITIVE), "the", t2, "."]
-    if shape == 9:
-        return [
-            "The",
-            p,
+            *_w("It was"),
+            rng.choice(WEATHER),
+            *_w("and the"),
+            a,
             "was",
-            rng.choice(("quiet", "busy", "bright", "cold", "warm")),
-            "that",
-            "day",
+            rng.choice(MOODS),
             ".",
         ]
+    if shape == 4:
+        return [s, *_w("smiled at the"), rng.choice(MOODS), a, "."]
+    if shape == 5:
+        subj = s.lower() if s in ("She", "He") else s
+        return [*_w("After lunch ,"), subj, verb, "the", adj, t, *_w("by the"), p, "."]
+    if shape == 6:
+        return [c.name, *_w("said that the"), t, *_w("was very"), adj, "."]
+    if shape == 7:
+        return ["The", rng.choice(MOODS), a, *_w("ran past the"), p, "."]
+    if shape == 8:
+        adj2, t2 = props.pick(rng)
+        return [s, verb, "the", t, *_w("and then"), rng.choice(TRANSITIVE), "the", adj2, t2, "."]
+    if shape == 9:
+        mood = rng.choice(("quiet", "busy", "bright", "cold", "warm"))
+        return ["The", p, "was", mood, "that", "day", "."]
     if shape == 10:
-        return [s, "was", rng.choice(MOODS), "and", "looked", "at", "the", p, "."]
+        return [s, "was", rng.choice(MOODS), *_w("and looked at the"), p, "."]
     if shape == 11:
-        return ["Near", "the", p, ",", "the", a, rng.choice(INTRANSITIVE), "all", "day", "."]
+        return [*_w("Near the"), p, *_w(", the"), a, rng.choice(INTRANSITIVE), *_w("all day .")]
     if shape == 12:
-        return [s, "put", "the", t, "in", c.poss, rng.choice(("bag", "pocket", "room")), "."]
-    return [s, "heard", "the", a, "and", rng.choice(INTRANSITIVE), "."]
+        place = rng.choice(("bag", "pocket", "room"))
+        return [s, "put", "the", adj, t, "in", c.poss, place, "."]
+    return [s, *_w("heard the"), a, "and", rng.choice(INTRANSITIVE), "."]
 
 
 def _article_intro(rng: random.Random, c: _Character, obj: str) -> Sentence:
@@ -326,30 +352,20 @@ def _topic_recall(rng: random.Random, c: _Character, place: str) -> Sentence:
 
 
 def _name_intro(rng: random.Random, a: _Character, ra: str, b: _Character, rb: str) -> Sentence:
+    # Each name directly follows its role ("the pilot Ben"), and only the recall repeats it.
     na, nb = _Slot(a.name, "cue_name_a"), _Slot(b.name, "cue_name_b")
     sa, sb = _Slot(ra, "cue_role_a"), _Slot(rb, "cue_role_b")
-    # The role comes first, so each name directly follows its role ("the pilot was Ben").
     if rng.random() < 0.5:
-        return ["The", sa, "was", na, "and", "the", sb, "was", nb, "."]
-    return [*_w("The town"), sa, "was", na, ",", *_w("and the town"), sb, "was", nb, "."]
+        return ["The", sa, na, "and", "the", sb, nb, *_w("were old friends .")]
+    return [*_w("In the town lived the"), sa, na, "and", "the", sb, nb, "."]
 
 
 def _name_recall(rng: random.Random, role: str, name: str) -> Sentence:
-    # the role decides which of the two names follows "who was called"
+    # The role decides which of the two names follows; roles appear nowhere else.
     target = _Slot(name, "target")
     thing = rng.choice(THINGS)
-    return [
-        *_w("Later , the"),
-        role,
-        ",",
-        *_w("who was called"),
-        target,
-        ",",
-        rng.choice(TRANSITIVE),
-        "the",
-        thing,
-        ".",
-    ]
+    opener = "Later , the" if rng.random() < 0.5 else "After that , the"
+    return [*_w(opener), role, target, rng.choice(TRANSITIVE), "the", thing, "."]
 
 
 @dataclass(frozen=True)
@@ -361,6 +377,10 @@ class _Plan:
     recall: Sentence
     cue_word: str
     cue_tags: tuple[str, ...]
+    uid: int
+    """Suffix of this plan's tags."""
+    cue_uid: int | None = None
+    """The plan whose intro holds the cues (``None``: this one)."""
 
 
 def _retag(sentence: Sentence, suffix: str) -> Sentence:
@@ -376,6 +396,7 @@ def _story(rng: random.Random, doc_id: int) -> Document:
     if rng.random() >= 0.2:
         while not kinds:
             kinds = [k for k in KINDS if rng.random() < 0.5]
+    props = _Props.draw(rng)
     names = rng.sample(NAMES, 2)
     cast = [_Character(n, n in FEMALE_NAMES) for n in names]
     hero = cast[0]
@@ -390,6 +411,7 @@ def _story(rng: random.Random, doc_id: int) -> Document:
                     _article_recall(rng, hero, obj),
                     obj,
                     ("cue",),
+                    uid=len(plans),
                 )
             )
         elif kind == "topic":
@@ -401,28 +423,35 @@ def _story(rng: random.Random, doc_id: int) -> Document:
                     _topic_recall(rng, hero, place),
                     place,
                     ("cue",),
+                    uid=len(plans),
                 )
             )
         else:
             ra, rb = rng.sample(ROLES, 2)
             first, second = rng.sample(cast, 2)
-            asked = rng.randrange(2)
-            role, name = (ra, first.name) if asked == 0 else (rb, second.name)
-            ab = "a" if asked == 0 else "b"
-            plans.append(
-                _Plan(
-                    kind,
-                    _name_intro(rng, first, ra, second, rb),
-                    _name_recall(rng, role, name),
-                    name,
-                    (f"cue_name_{ab}", f"cue_role_{ab}"),
+            asked = [0, 1] if rng.random() < NAME_BOTH_SHARE else [rng.randrange(2)]
+            rng.shuffle(asked)
+            intro = _name_intro(rng, first, ra, second, rb)
+            owner = len(plans)
+            for n, which in enumerate(asked):
+                role, name = (ra, first.name) if which == 0 else (rb, second.name)
+                ab = "a" if which == 0 else "b"
+                plans.append(
+                    _Plan(
+                        kind,
+                        intro if n == 0 else [],
+                        _name_recall(rng, role, name),
+                        name,
+                        (f"cue_name_{ab}", f"cue_role_{ab}"),
+                        uid=len(plans),
+                        cue_uid=None if n == 0 else owner,
+                    )
                 )
-            )
     rng.shuffle(plans)
-    target_words = rng.randint(45, 115)
+    target_words = rng.randint(40, 110)
 
-    intros = [_retag(p.intro, str(i)) for i, p in enumerate(plans)]
-    recalls = [_retag(p.recall, str(i)) for i, p in enumerate(plans)]
+    intros = [_retag(p.intro, str(p.uid)) for p in plans]
+    recalls = [_retag(p.recall, str(p.uid)) for p in plans]
     recall_order = list(range(len(plans)))
     rng.shuffle(recall_order)
     planted_words = sum(
@@ -439,28 +468,29 @@ def _story(rng: random.Random, doc_id: int) -> Document:
     budget = max(target_words - planted_words - len(opener), 8)
     n_plans = len(plans)
     counts = [0] * (1 + 2 * n_plans)
-    for _ in range(max(1, round(budget / 7))):
+    for _ in range(max(1, round(budget / 8))):
         counts[rng.randrange(len(counts))] += 1
     if n_plans and counts[n_plans] == 0:
         counts[n_plans] = 1
     sentences: list[Sentence] = [opener]
-    sentences += [_filler(rng, cast) for _ in range(counts[0])]
+    sentences += [_filler(rng, cast, props) for _ in range(counts[0])]
     for k, s in enumerate(intros):
         sentences.append(s)
-        sentences += [_filler(rng, cast) for _ in range(counts[1 + k])]
+        sentences += [_filler(rng, cast, props) for _ in range(counts[1 + k])]
     for j, i in enumerate(recall_order):
         sentences.append(recalls[i])
-        sentences += [_filler(rng, cast) for _ in range(counts[1 + n_plans + j])]
+        sentences += [_filler(rng, cast, props) for _ in range(counts[1 + n_plans + j])]
 
     b = _Builder()
     for s in sentences:
         b.sentence(s)
     text = b.text()
     annotations: list[Annotation] = []
-    for i, plan in enumerate(plans):
-        start, _ = b.spans[f"target:{i}"]
-        cue_chars = tuple(b.spans[f"{tag}:{i}"] for tag in plan.cue_tags)
-        target_text = " " + text[start : b.spans[f"target:{i}"][1]]
+    for plan in plans:
+        start, end = b.spans[f"target:{plan.uid}"]
+        cue_uid = plan.uid if plan.cue_uid is None else plan.cue_uid
+        cue_chars = tuple(b.spans[f"{tag}:{cue_uid}"] for tag in plan.cue_tags)
+        target_text = " " + text[start:end]
         annotations.append(Annotation(plan.kind, target_text, start - 1, cue_chars, plan.cue_word))
     annotations.sort(key=lambda a: a.target_char)
     return Document(doc_id=doc_id, text=text, annotations=tuple(annotations))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,6 @@ from lookuplens.zoo.mechanism import (
     HeadFinding,
     NeuronFinding,
     find_mechanism,
-    single_token_id,
     top_token_neurons,
 )
 from lookuplens.zoo.storyworld import (
@@ -85,7 +85,7 @@ class TrainConfig:
     """Dropout on embeddings and residual writes (``embd_pdrop``, ``resid_pdrop``)."""
     attn_dropout: float = 0.0
     """Dropout on attention probabilities (``attn_pdrop``)."""
-    steps: int = 1_500
+    steps: int = 3_500
     """Optimizer steps."""
     batch_size: int = 32
     """Stories per step."""
@@ -103,15 +103,19 @@ class TrainConfig:
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
-    num_threads: int = 1
+    num_threads: int = 2
     """Torch CPU threads (the shipped checkpoint was trained with 1, two runs sharing 2 cores)."""
-    planted_weight: float = 10.0
+    planted_weight: float = 20.0
     """Loss weight of the planted targets (1.0: plain language modelling). Planted
     look-ups are about 2% of tokens and need attention to form; weighting them is a
     curriculum that makes them form within the CPU budget."""
+    act_l1: float = 3e-4
+    """L1 penalty on the MLP activations (post-GELU, summed over neurons, averaged over
+    tokens). It makes neurons fire sparsely, so that a next-token neuron's strongest
+    firings are the contexts it predicts for; 0 turns it off."""
     log_every: int = 50
     """Steps between progress log lines."""
-    probe_every: int = 250
+    probe_every: int = 500
     """Steps between planted-accuracy probes on 200 held-out stories (0: never)."""
 
     def __post_init__(self) -> None:
@@ -146,6 +150,8 @@ class TrainConfig:
             raise ValueError("lr must be positive and min_lr_ratio in [0, 1]")
         if self.probe_every < 0:
             raise ValueError("probe_every must be 0 or more (0 turns probes off)")
+        if self.act_l1 < 0:
+            raise ValueError("act_l1 must be 0 or more (0 turns the penalty off)")
         if self.planted_weight < 0:
             raise ValueError("planted_weight must be 0 or more (1.0 means no extra weight)")
         if self.warmup_steps < 0:
@@ -294,7 +300,77 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResult:
+def _partial_path(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def _save_state(
+    partial: Path,
+    cfg: TrainConfig,
+    model: GPT2LMHeadModel,
+    opt: torch.optim.Optimizer,
+    step: int,
+    seen_tokens: int,
+    window: list[float],
+    seconds: float,
+) -> None:
+    """Atomically write the training state after ``step`` steps."""
+    partial.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": asdict(cfg),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "seen_tokens": seen_tokens,
+        "window": window,
+        "seconds": seconds,
+    }
+    tmp = partial / "state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, partial / "state.pt")
+    logger.debug("saved training state at step %d", step)
+
+
+def _load_state(partial: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The saved state for ``cfg``, or ``None`` when there is none."""
+    path = partial / "state.pt"
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, weights_only=False)
+    if state.get("config") != asdict(cfg):
+        raise UserError(
+            f"{partial} holds an interrupted training with another configuration; "
+            "pass the same options to resume it, or --restart to discard it"
+        )
+    return state
+
+
+def _probe(
+    model: GPT2LMHeadModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: Sequence[Document],
+    step: int,
+) -> None:
+    """Log planted accuracy and the ' an' neurons during training."""
+    ev = evaluate(model, tokenizer, docs)
+    found = [f"L{lay}N{n}(#{r})" for lay, n, r in top_token_neurons(model, tokenizer, " an")]
+    logger.info(
+        "probe at step %d: %s a %.3f an %.3f; ' an' neurons %s",
+        step,
+        " ".join(f"{k} {ev.rate(k):.3f}" for k in ev.accuracy),
+        *(c / max(t, 1) for c, t in (ev.by_target[" a"], ev.by_target[" an"])),
+        " ".join(found[:4]) or "none",
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: Path,
+    overwrite: bool = False,
+    save_every: int = 250,
+    restart: bool = False,
+) -> TrainResult:
     """Generate the corpus, train tokenizer and model, measure them, and save everything.
 
     ``out_dir`` receives ``config.json``, ``model.safetensors``, the tokenizer files,
@@ -302,6 +378,11 @@ def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResu
     and moved into place at the end, so an interrupted run leaves nothing half-written.
     Raises :class:`~lookuplens.errors.UserError` if ``out_dir`` is not empty and
     ``overwrite`` is false.
+
+    Every ``save_every`` steps (0: never) the training state is saved next to ``out_dir``
+    (``.NAME.partial/``); a later call with the same config resumes from it and gives the
+    same weights as an uninterrupted run on the same number of threads. ``restart``
+    discards that state. It is removed once the checkpoint is written.
     """
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
@@ -346,15 +427,34 @@ def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResu
     batches = _batches([len(s) for s in seqs], cfg.batch_size, np.random.default_rng(cfg.seed))
 
     probe_docs = generate_corpus(200, cfg.seed + 1, "heldout") if cfg.probe_every else []
+    partial = _partial_path(out_dir)
+    first_step, seen_tokens, window, prior_seconds = 0, 0, [], 0.0
+    if restart and partial.exists():
+        shutil.rmtree(partial)
+    state = _load_state(partial, cfg)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        first_step, seen_tokens = int(state["step"]), int(state["seen_tokens"])
+        window, prior_seconds = list(state["window"]), float(state["seconds"])
+        for _ in range(first_step):  # the batch order continues where it stopped
+            next(batches)
+        logger.info("resuming from step %d (state in %s)", first_step, partial)
     model.train()
+    mlp_acts: list[torch.Tensor] = []
+    if cfg.act_l1 > 0:
+        for block in model.transformer.h:
+            block.mlp.act.register_forward_hook(
+                lambda m, _i, out: mlp_acts.append(out) if m.training else None
+            )
     start = time.perf_counter()
-    seen_tokens = 0
-    window: list[float] = []
-    for step in range(cfg.steps):
+    for step in range(first_step, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         idx = next(batches)
         ids, mask = pad_batch([seqs[i] for i in idx], bos)
+        mlp_acts.clear()
         logits = model(input_ids=ids, attention_mask=mask.long()).logits
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
         weight = mask[:, 1:].float()
@@ -362,39 +462,40 @@ def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResu
             weight[row, list(planted[i])] = cfg.planted_weight
         n_real = mask[:, 1:].sum()
         loss = (ce * mask[:, 1:]).sum() / n_real  # plain LM loss, for the log
+        objective = (ce * weight).sum() / n_real
+        if mlp_acts:
+            l1 = sum((a.abs().sum(-1) * mask).sum() for a in mlp_acts) / mask.sum()
+            objective = objective + cfg.act_l1 * l1
         opt.zero_grad(set_to_none=True)
-        ((ce * weight).sum() / n_real).backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         seen_tokens += int(mask.sum())
         window.append(loss.item())
         window = window[-cfg.log_every :]
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (step + 1) * (cfg.steps - step - 1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = prior_seconds + time.perf_counter() - start
+            eta = elapsed / done * (cfg.steps - done)
             logger.info(
                 "step %d/%d loss %.4f lr %.2e %.0f tok/s eta %.0fs",
-                step + 1,
+                done,
                 cfg.steps,
                 sum(window) / len(window),
                 _lr_at(step, cfg),
                 seen_tokens / elapsed,
                 eta,
             )
-        if cfg.probe_every and (step + 1) % cfg.probe_every == 0 and step + 1 < cfg.steps:
+        if cfg.probe_every and done % cfg.probe_every == 0 and done < cfg.steps:
             probe_start = time.perf_counter()
-            ev = evaluate(model, tokenizer, probe_docs)
+            _probe(model, tokenizer, probe_docs, done)
             start += time.perf_counter() - probe_start  # probes do not count as training
-            an_id = single_token_id(tokenizer, " an")
-            found = [f"L{lay}N{n}(#{r})" for lay, n, r in top_token_neurons(model, an_id)]
-            logger.info(
-                "probe at step %d: %s a %.3f an %.3f; ' an' neurons %s",
-                step + 1,
-                " ".join(f"{k} {ev.rate(k):.3f}" for k in ev.accuracy),
-                *(c / max(t, 1) for c, t in (ev.by_target[" a"], ev.by_target[" an"])),
-                " ".join(found[:4]) or "none",
-            )
-    seconds = time.perf_counter() - start
+        if save_every and done % save_every == 0 and done < cfg.steps:
+            save_start = time.perf_counter()
+            _save_state(partial, cfg, model, opt, done, seen_tokens, window,
+                        prior_seconds + save_start - start)  # fmt: skip
+            start += time.perf_counter() - save_start
+    seconds = prior_seconds + time.perf_counter() - start
     final_loss = sum(window) / max(len(window), 1)
     model.eval()
 
@@ -437,6 +538,8 @@ def train(cfg: TrainConfig, out_dir: Path, overwrite: bool = False) -> TrainResu
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+        if partial.exists():
+            shutil.rmtree(partial)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,203 @@
+"""The default pipeline on the bundled storyworld model finds the planted article look-up.
+
+Issues 4 (neurons and scan), 5 (attribution and causal checks), 6 (explanations and E),
+7 (ground truth) and 10 (`why`) each name a finding on the bundled model; these tests run
+the default stages once on a slice of the held-out storyworld corpus and check them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lookuplens.corpus import CorpusSpec
+from lookuplens.model import LoadedModel, hook_name, load_model
+from lookuplens.pipeline import RunConfig, run_pipeline
+from lookuplens.store import RunDir
+from lookuplens.why import WhyConfig, explain_prediction
+from lookuplens.zoo import default_model_path
+from lookuplens.zoo.storyworld import TokenAnnotation, generate_corpus, token_positions
+from lookuplens.zoo.words import CONSONANT_OBJECTS, VOWEL_OBJECTS
+
+N_DOCS = 500
+SEED = 1  # the corpus the default run scans (CorpusSpec.storyworld_seed)
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return load_model(str(default_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    cfg = RunConfig(corpus=CorpusSpec("storyworld", storyworld_docs=N_DOCS))
+    return run_pipeline(cfg, tmp_path_factory.mktemp("bundled") / "run")
+
+
+@pytest.fixture(scope="module")
+def planted(lm: LoadedModel) -> dict[int, list[TokenAnnotation]]:
+    """Annotations of the scanned documents, by doc id, in BOS-prepended token indices."""
+    return {
+        d.doc_id: token_positions(d, lm.tokenizer)
+        for d in generate_corpus(N_DOCS, SEED, "heldout")
+    }
+
+
+def article_at(
+    planted: dict[int, list[TokenAnnotation]], doc_id: int, position: int
+) -> TokenAnnotation | None:
+    for a in planted[doc_id]:
+        if a.kind == "article" and a.predict_index == position:
+            return a
+    return None
+
+
+@pytest.fixture(scope="module")
+def an_neuron(run: RunDir, planted: dict[int, list[TokenAnnotation]]) -> tuple[int, int]:
+    """The selected " an" neuron whose top firings are most often " an" look-ups."""
+    neurons = run.read_df("neurons")
+    cands = neurons[neurons.selected & (neurons.token == " an")]
+    assert len(cands), "the neurons stage selected no neuron whose top token is ' an'"
+    firings = run.read_df("firings")
+    best, best_share = None, -1.0
+    for r in cands.itertuples():
+        f = firings[(firings.layer == r.layer) & (firings.neuron == r.neuron)]
+        hits = [article_at(planted, int(x.doc_id), int(x.position)) for x in f.itertuples()]
+        share = np.mean([a is not None and a.target == " an" for a in hits])
+        if share > best_share:
+            best, best_share = (int(r.layer), int(r.neuron)), float(share)
+    assert best is not None
+    return best
+
+
+def test_scan_top_firings_are_an_lookups(
+    run: RunDir, planted: dict[int, list[TokenAnnotation]], an_neuron: tuple[int, int]
+) -> None:
+    layer, neuron = an_neuron
+    f = run.read_df("firings")
+    f = f[(f.layer == layer) & (f.neuron == neuron)]
+    assert len(f) == 30
+    hits = [article_at(planted, int(x.doc_id), int(x.position)) for x in f.itertuples()]
+    assert sum(a is not None and a.target == " an" for a in hits) >= 27, hits
+
+
+def _example_cues(
+    run: RunDir, planted: dict[int, list[TokenAnnotation]], an_neuron: tuple[int, int]
+) -> pd.DataFrame:
+    ex = run.read_df("examples")
+    ex = ex[(ex.layer == an_neuron[0]) & (ex.neuron == an_neuron[1])].copy()
+    rows = []
+    for r in ex.itertuples():
+        a = article_at(planted, int(r.doc_id), int(r.position))
+        if a is None:
+            continue
+        # tokens are [BOS] + doc[start : position + 1], doc indices counting BOS as 0
+        cues = [c - int(r.start) + 1 for c in a.cue_indices if c >= int(r.start)]
+        rows.append((int(r.example_id), list(r.tokens), cues))
+    return pd.DataFrame(rows, columns=["example_id", "tokens", "cues"])
+
+
+def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
+    run: RunDir,
+    lm: LoadedModel,
+    planted: dict[int, list[TokenAnnotation]],
+    an_neuron: tuple[int, int],
+) -> None:
+    layer, neuron = an_neuron
+    att = run.read_df("attributions")
+    att = att[(att.layer == layer) & (att.neuron == neuron)]
+    direct = att[att.method == "direct"]
+    zero = att[att.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"])
+    ex = _example_cues(run, planted, an_neuron)
+    acts = run.read_df("examples").set_index("example_id").trimmed_activation
+    assert len(ex) >= 20
+    reads_cue = removes_most = 0
+    for r in ex.itertuples():
+        d = direct[direct.example_id == r.example_id]
+        top = d.loc[d.value.idxmax()]
+        hl, h = int(top.head_layer), int(top["head"])
+        ids = torch.tensor([r.tokens])
+        _, cache = lm.run_with_cache(ids, [hook_name(hl, "attn.hook_pattern")])
+        pattern = cache[hook_name(hl, "attn.hook_pattern")][0, h, -1]
+        reads_cue += int(int(pattern.argmax()) in r.cues)
+        removes_most += int(zero.loc[(r.example_id, hl, h)].value > 0.5 * acts[r.example_id])
+    assert reads_cue >= 0.8 * len(ex), (reads_cue, len(ex))
+    assert removes_most >= 0.8 * len(ex), (removes_most, len(ex))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issues 6, 7 open): the ' an' neuron fires only in article look-ups, "
+    "all driven by the object-reading head L2H0, which is therefore active on 85% of its "
+    "top prompts; the 25-75% filter drops the pair, so it is never explained or scored",
+)
+def test_planted_pairs_are_kept_explained_and_scored(
+    run: RunDir, an_neuron: tuple[int, int]
+) -> None:
+    gt = run.meta["ground_truth"]
+    assert gt["found"], gt
+    layer, neuron = an_neuron
+    pairs = run.read_df("pairs")
+    kept = pairs[pairs.kept & (pairs.layer == layer) & (pairs.neuron == neuron)]
+    assert len(kept), pairs[(pairs.layer == layer) & (pairs.neuron == neuron)]
+    scores = run.read_df("scores")
+    expl = run.read_df("explanations")
+    cue_words = set(VOWEL_OBJECTS) | set(CONSONANT_OBJECTS)
+    for p in kept.itertuples():
+        key = (
+            (scores.layer == layer)
+            & (scores.neuron == neuron)
+            & (scores.head_layer == p.head_layer)
+            & (scores["head"] == p.head)
+        )
+        s = scores[key]
+        assert len(s) and float(s.balanced_accuracy.iloc[0]) >= 0.9, s.T
+        text = expl[
+            (expl.layer == layer)
+            & (expl.neuron == neuron)
+            & (expl.head_layer == p.head_layer)
+            & (expl["head"] == p.head)
+        ].explanation.iloc[0]
+        assert any(w in text for w in cue_words), text
+        # the head's ablation lowers p(" an") on its active examples
+        assert p.ks_pvalue < 0.05, p
+
+
+def _why_on_article_prompts(lm: LoadedModel, n: int = 3):  # type: ignore[no-untyped-def]
+    """`why` on the first `n` article look-ups with " an" in fresh held-out stories, each
+    prompt ending just before the article."""
+    out = []
+    for d in generate_corpus(60, 4242, "heldout"):
+        for a in d.annotations:
+            if a.kind == "article" and a.target == " an" and len(out) < n:
+                r = explain_prediction(lm, d.text[: a.target_char], WhyConfig(target=" an"))
+                out.append((a, r))
+    assert len(out) == n
+    return out
+
+
+def test_why_names_the_an_neuron_and_the_head_reading_the_object(
+    lm: LoadedModel, an_neuron: tuple[int, int]
+) -> None:
+    for a, r in _why_on_article_prompts(lm):
+        names = {(n.layer, n.neuron): n for n in r.neurons}
+        assert an_neuron in names, [n.name for n in r.neurons]
+        n = names[an_neuron]
+        assert n.top_token == " an"
+        looked_at = {s.token.strip() for h in n.heads for s in h.sources[:1]}
+        assert a.cue_word in looked_at, (a.cue_word, n.heads)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 10 open): the bundled model predicts ' an' with p > 0.999 "
+    "(logit margin about 17); zeroing the 5 named neurons leaves p(' an') at about 0.97",
+)
+def test_why_ablating_the_named_neurons_halves_p_an(lm: LoadedModel) -> None:
+    for _, r in _why_on_article_prompts(lm):
+        zeroed = [x for x in r.ablations if "neurons" in x.what][0]
+        assert zeroed.prob_after < 0.5 * zeroed.prob_before, zeroed
