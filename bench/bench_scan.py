@@ -50,6 +50,39 @@ def corpus_file(root: Path, n_docs: int) -> Path:
     return path
 
 
+def transformer_lens_model(model_dir: Path):  # type: ignore[no-untyped-def]
+    """The same GPT-2 in TransformerLens: a `TransformerBridge` over the saved HF model
+    (TransformerLens 4, which removed `HookedTransformer`), or a `HookedTransformer` of the
+    same shape (TransformerLens 2-3); None when TransformerLens is not installed."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        pass
+    else:
+        bridge = TransformerBridge.boot_transformers(str(model_dir), device="cpu")
+        bridge.eval()
+        return bridge
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        return None
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        d_vocab=50257,
+        n_ctx=1024,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device="cpu",
+    )
+    model = HookedTransformer(cfg)
+    model.eval()
+    return model
+
+
 def bench_throughput(root: Path, n_docs: int, batch_tokens: int) -> dict[str, float]:
     from lookuplens.corpus import CorpusSpec, iter_tokenized, make_batches
     from lookuplens.model import load_model
@@ -80,25 +113,10 @@ def bench_throughput(root: Path, n_docs: int, batch_tokens: int) -> dict[str, fl
             fn()
             best = min(best, time.perf_counter() - t0)
         timings[name] = n_tokens / best
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-    except ImportError:
+    tl = transformer_lens_model(root / "gpt2-small-random")
+    if tl is None:
         timings["transformer_lens_scan"] = float("nan")
     else:
-        tl_cfg = HookedTransformerConfig(
-            n_layers=12,
-            d_model=768,
-            n_heads=12,
-            d_head=64,
-            d_mlp=3072,
-            d_vocab=50257,
-            n_ctx=1024,
-            act_fn="gelu_new",
-            normalization_type="LN",
-            device="cpu",
-        )
-        tl = HookedTransformer(tl_cfg)
-        tl.eval()
         names = {f"blocks.{layer}.mlp.hook_post" for layer in (9, 10, 11)}
 
         def tl_scan() -> None:
@@ -136,7 +154,11 @@ lm = load_model(default_model_path(), device="cpu")
 neurons = tracked(find_neurons(lm, NeuronsConfig()))
 spec = CorpusSpec("storyworld", storyworld_docs={max_tokens // 40}, max_tokens={max_tokens})
 r = scan_corpus(lm, neurons, spec, ScanConfig(shard_docs=512))
-print(r.corpus.tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM: this process's own peak (ru_maxrss can carry the forking parent's peak over)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) / 1024 if hwm else 0.0
+peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(r.corpus.tokens, peak)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     tokens, rss = out.stdout.split()
@@ -148,24 +170,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--memory-only", action="store_true", help="only part 2")
+    ap.add_argument(
+        "--throughput-docs",
+        type=int,
+        default=None,
+        help="stories in the throughput part (default 200, 60 with --quick)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, object] = {"cpu_count": os.cpu_count(), "torch": torch.__version__}
-    with tempfile.TemporaryDirectory() as tmp:
-        print(
-            "1. throughput, GPT-2-small-shaped random model, 60 neurons in layers 9-11", flush=True
-        )
-        t = bench_throughput(Path(tmp), n_docs=60 if args.quick else 200, batch_tokens=4096)
-        print(f"  {int(t['tokens']):,} tokens")
-        for k in ("plain_hf_forward", "lookuplens_scan", "transformer_lens_scan"):
-            print(f"  {k:24s} {t[k]:10,.0f} tok/s")
-        ratio = t["lookuplens_scan"] / t["plain_hf_forward"]
-        print(f"  scan / plain HF forward          = {ratio:.2f}  (target >= 1.15)")
-        tl = t["transformer_lens_scan"]
-        if tl == tl:
-            print(f"  scan / TransformerLens run_with_cache = {t['lookuplens_scan'] / tl:.2f}")
-        results["throughput"] = t
-        results["scan_over_hf"] = ratio
+    if args.memory_only:
+        print("1. throughput: skipped (--memory-only)", flush=True)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(
+                "1. throughput, GPT-2-small-shaped random model, 60 neurons in layers 9-11",
+                flush=True,
+            )
+            n_docs = args.throughput_docs or (60 if args.quick else 200)
+            t = bench_throughput(Path(tmp), n_docs=n_docs, batch_tokens=4096)
+            print(f"  {int(t['tokens']):,} tokens")
+            for k in ("plain_hf_forward", "lookuplens_scan", "transformer_lens_scan"):
+                print(f"  {k:24s} {t[k]:10,.0f} tok/s")
+            ratio = t["lookuplens_scan"] / t["plain_hf_forward"]
+            print(f"  scan / plain HF forward          = {ratio:.2f}  (target >= 1.15)")
+            tl = t["transformer_lens_scan"]
+            if tl == tl:
+                print(f"  scan / TransformerLens run_with_cache = {t['lookuplens_scan'] / tl:.2f}")
+            results["throughput"] = t
+            results["scan_over_hf"] = ratio
     print("2. peak memory, bundled storyworld model", flush=True)
     small, big = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
     a, b = peak_rss_scan(small), peak_rss_scan(big)

@@ -389,7 +389,7 @@ def _iter_parquet(path: Path, field: str) -> Iterator[str | None]:
 
 def _iter_storyworld(spec: CorpusSpec) -> Iterator[tuple[int, str]]:
     try:
-        from lookuplens.zoo.storyworld import generate_corpus
+        from lookuplens.zoo.storyworld import iter_corpus
     except ModuleNotFoundError as e:
         if e.name not in ("lookuplens.zoo", "lookuplens.zoo.storyworld"):
             raise
@@ -397,7 +397,7 @@ def _iter_storyworld(spec: CorpusSpec) -> Iterator[tuple[int, str]]:
             "the bundled storyworld corpus is not available in this installation "
             "(lookuplens.zoo.storyworld is missing); reinstall lookuplens or pass a corpus file"
         ) from e
-    for doc in generate_corpus(spec.storyworld_docs, spec.storyworld_seed, split="heldout"):
+    for doc in iter_corpus(spec.storyworld_docs, spec.storyworld_seed, split="heldout"):
         yield int(doc.doc_id), str(doc.text)
 
 

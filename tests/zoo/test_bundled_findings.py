@@ -7,8 +7,6 @@ the default stages once on a slice of the held-out storyworld corpus and check t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,8 +40,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
 def planted(lm: LoadedModel) -> dict[int, list[TokenAnnotation]]:
     """Annotations of the scanned documents, by doc id, in BOS-prepended token indices."""
     return {
-        d.doc_id: token_positions(d, lm.tokenizer)
-        for d in generate_corpus(N_DOCS, SEED, "heldout")
+        d.doc_id: token_positions(d, lm.tokenizer) for d in generate_corpus(N_DOCS, SEED, "heldout")
     }
 
 
@@ -115,7 +112,8 @@ def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
     ex = _example_cues(run, planted, an_neuron)
     acts = run.read_df("examples").set_index("example_id").trimmed_activation
     assert len(ex) >= 20
-    reads_cue = removes_most = 0
+    an_id = lm.tokenizer(" an", add_special_tokens=False)["input_ids"][0]
+    reads_cue = removes_most = lowers_p = 0
     for r in ex.itertuples():
         d = direct[direct.example_id == r.example_id]
         top = d.loc[d.value.idxmax()]
@@ -125,8 +123,22 @@ def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
         pattern = cache[hook_name(hl, "attn.hook_pattern")][0, h, -1]
         reads_cue += int(int(pattern.argmax()) in r.cues)
         removes_most += int(zero.loc[(r.example_id, hl, h)].value > 0.5 * acts[r.example_id])
+
+        def ablate(z: torch.Tensor, _n: str, h: int = h) -> torch.Tensor:
+            z = z.clone()
+            z[:, :, h] = 0
+            return z
+
+        clean, _ = lm.run_with_cache(ids, [])
+        ablated, _ = lm.run_with_cache(
+            ids, [], extra_hooks=[(hook_name(hl, "attn.hook_z"), ablate)]
+        )
+        assert clean is not None and ablated is not None
+        lp = [torch.log_softmax(x[0, -1].double(), -1)[an_id] for x in (clean, ablated)]
+        lowers_p += int(lp[1] < lp[0])
     assert reads_cue >= 0.8 * len(ex), (reads_cue, len(ex))
     assert removes_most >= 0.8 * len(ex), (removes_most, len(ex))
+    assert lowers_p == len(ex), (lowers_p, len(ex))
 
 
 @pytest.mark.xfail(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,7 @@ __all__ = [
     "check_tokenizer",
     "encode_document",
     "generate_corpus",
+    "iter_corpus",
     "single_token_words",
     "token_positions",
 ]
@@ -512,6 +513,18 @@ def generate_corpus(n_docs: int, seed: int, split: Split = "train") -> list[Docu
         raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
     return [_story(rng, i) for i in range(n_docs)]
+
+
+def iter_corpus(n_docs: int, seed: int, split: Split = "train") -> Iterator[Document]:
+    """The documents of :func:`generate_corpus`, one at a time (memory independent of
+    ``n_docs``)."""
+    if n_docs < 0:
+        raise StoryworldError(f"n_docs must be 0 or more, got {n_docs}")
+    if split not in _SPLIT_SALT:
+        raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
+    rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
+    for i in range(n_docs):
+        yield _story(rng, i)
 
 
 # --------------------------------------------------------------------------------------
