@@ -119,7 +119,7 @@ def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
         top = d.loc[d.value.idxmax()]
         hl, h = int(top.head_layer), int(top["head"])
         ids = torch.tensor([r.tokens])
-        _, cache = lm.run_with_cache(ids, [hook_name(hl, "attn.hook_pattern")])
+        clean, cache = lm.run_with_cache(ids, [hook_name(hl, "attn.hook_pattern")])
         pattern = cache[hook_name(hl, "attn.hook_pattern")][0, h, -1]
         reads_cue += int(int(pattern.argmax()) in r.cues)
         removes_most += int(zero.loc[(r.example_id, hl, h)].value > 0.5 * acts[r.example_id])
@@ -129,7 +129,6 @@ def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
             z[:, :, h] = 0
             return z
 
-        clean, _ = lm.run_with_cache(ids, [])
         ablated, _ = lm.run_with_cache(
             ids, [], extra_hooks=[(hook_name(hl, "attn.hook_z"), ablate)]
         )
@@ -179,9 +178,11 @@ def test_planted_pairs_are_kept_explained_and_scored(
         assert p.ks_pvalue < 0.05, p
 
 
-def _why_on_article_prompts(lm: LoadedModel, n: int = 3):  # type: ignore[no-untyped-def]
-    """`why` on the first `n` article look-ups with " an" in fresh held-out stories, each
+@pytest.fixture(scope="module")
+def why_on_article_prompts(lm: LoadedModel):  # type: ignore[no-untyped-def]
+    """`why` on the first 3 article look-ups with " an" in fresh held-out stories, each
     prompt ending just before the article."""
+    n = 3
     out = []
     for d in generate_corpus(60, 4242, "heldout"):
         for a in d.annotations:
@@ -193,9 +194,10 @@ def _why_on_article_prompts(lm: LoadedModel, n: int = 3):  # type: ignore[no-unt
 
 
 def test_why_names_the_an_neuron_and_the_head_reading_the_object(
-    lm: LoadedModel, an_neuron: tuple[int, int]
+    why_on_article_prompts,
+    an_neuron: tuple[int, int],  # type: ignore[no-untyped-def]
 ) -> None:
-    for a, r in _why_on_article_prompts(lm):
+    for a, r in why_on_article_prompts:
         names = {(n.layer, n.neuron): n for n in r.neurons}
         assert an_neuron in names, [n.name for n in r.neurons]
         n = names[an_neuron]
@@ -209,7 +211,7 @@ def test_why_names_the_an_neuron_and_the_head_reading_the_object(
     reason="known gap (issue 10 open): the bundled model predicts ' an' with p > 0.999 "
     "(logit margin about 17); zeroing the 5 named neurons leaves p(' an') at about 0.97",
 )
-def test_why_ablating_the_named_neurons_halves_p_an(lm: LoadedModel) -> None:
-    for _, r in _why_on_article_prompts(lm):
+def test_why_ablating_the_named_neurons_halves_p_an(why_on_article_prompts) -> None:  # type: ignore[no-untyped-def]
+    for _, r in why_on_article_prompts:
         zeroed = [x for x in r.ablations if "neurons" in x.what][0]
         assert zeroed.prob_after < 0.5 * zeroed.prob_before, zeroed

@@ -507,24 +507,18 @@ def generate_corpus(n_docs: int, seed: int, split: Split = "train") -> list[Docu
     different stories in the two splits. Document ids are ``0 .. n_docs - 1``. A prefix
     of a corpus is the smaller corpus: ``generate_corpus(10, s)[:5] == generate_corpus(5, s)``.
     """
-    if n_docs < 0:
-        raise StoryworldError(f"n_docs must be 0 or more, got {n_docs}")
-    if split not in _SPLIT_SALT:
-        raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
-    rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
-    return [_story(rng, i) for i in range(n_docs)]
+    return list(iter_corpus(n_docs, seed, split))
 
 
 def iter_corpus(n_docs: int, seed: int, split: Split = "train") -> Iterator[Document]:
     """The documents of :func:`generate_corpus`, one at a time (memory independent of
-    ``n_docs``)."""
+    ``n_docs``). Bad arguments raise at the call, not at the first document."""
     if n_docs < 0:
         raise StoryworldError(f"n_docs must be 0 or more, got {n_docs}")
     if split not in _SPLIT_SALT:
         raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
-    for i in range(n_docs):
-        yield _story(rng, i)
+    return (_story(rng, i) for i in range(n_docs))
 
 
 # --------------------------------------------------------------------------------------
