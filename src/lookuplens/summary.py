@@ -115,7 +115,7 @@ def key_numbers(run: RunDir) -> dict[str, object]:
         p = run.read_df("pairs")
         out["pairs"] = len(p)
         out["pairs_kept"] = int(p.kept.sum())
-        ks = p.ks_stat.dropna()
+        ks = p[p.kept].ks_stat.dropna()
         out["mean_ks_d"] = float(ks.mean()) if len(ks) else None
     stats = run.meta.get("score_stats")
     if isinstance(stats, dict):

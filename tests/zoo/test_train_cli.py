@@ -141,6 +141,7 @@ def test_cli_defaults_are_the_recipe() -> None:
         "log_every": "log_every",
         "planted_weight": "planted_weight",
         "act_l1": "act_l1",
+        "echo_share": "echo_share",
         "probe_every": "probe_every",
     }
     params = inspect.signature(train_command).parameters
@@ -219,3 +220,24 @@ def test_resume_refuses_another_config(tmp_path: Path, monkeypatch: pytest.Monke
     assert result.exit_code == 2 and "--restart" in result.output
     result = CliRunner().invoke(app, ["train", "--out", str(out), *changed, "--restart"])
     assert result.exit_code == 0, result.output
+
+
+def test_echo_sequences_repeat_a_run_without_articles() -> None:
+    from transformers import AutoTokenizer
+
+    from lookuplens.zoo.train import echo_sequences
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    seqs = echo_sequences(tok, 20, seed=3)
+    assert seqs == echo_sequences(tok, 20, seed=3) and seqs != echo_sequences(tok, 20, seed=4)
+    articles = {tok.convert_tokens_to_ids(t) for t in ("\u0120a", "\u0120an")}
+    for s in seqs:
+        assert s[0] == tok.bos_token_id
+        body = s[1:]
+        for times in (2, 3):
+            n = len(body) // times
+            if len(body) % times == 0 and 8 <= n <= 32 and body == body[:n] * times:
+                break
+        else:
+            raise AssertionError(f"not a repeated run: {body}")
+        assert not articles & set(body)

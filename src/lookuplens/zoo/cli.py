@@ -64,6 +64,13 @@ def train_command(
     act_l1: Annotated[
         float, typer.Option(help="L1 penalty on MLP activations (sparse, cleaner neurons; 0: off).")
     ] = 3e-4,
+    echo_share: Annotated[
+        float,
+        typer.Option(
+            help="Echo sequences (a random word run said 2-3 times, aimed at induction "
+            "heads) as a share of --n-docs (0: none)."
+        ),
+    ] = 0.0,
     log_every: Annotated[int, typer.Option(help="Steps between progress lines.")] = 50,
     probe_every: Annotated[
         int, typer.Option(help="Steps between planted-accuracy probes (0: never).")
@@ -120,6 +127,7 @@ def train_command(
             log_every=log_every,
             planted_weight=planted_weight,
             act_l1=act_l1,
+            echo_share=echo_share,
             probe_every=probe_every,
         )
         result = train(cfg, out, overwrite=overwrite, save_every=save_every, restart=restart)

@@ -113,6 +113,13 @@ class TrainConfig:
     """L1 penalty on the MLP activations (post-GELU, summed over neurons, averaged over
     tokens). It makes neurons fire sparsely, so that a next-token neuron's strongest
     firings are the contexts it predicts for; 0 turns it off."""
+    echo_share: float = 0.0
+    """Echo sequences added to the training set, as a share of ``n_train_docs``: a random
+    run of 8 to 32 word tokens said two or three times (the articles " a" and " an" never
+    appear in them). Their repeats can only be predicted by copying, a curriculum aimed at
+    induction heads, which name recall needs. Off in the shipped recipe: at 0.25 for 3,000
+    steps no induction head formed (1% of repeated tokens predicted) and name recall rose
+    only from 0.76 to 0.79 on the probe. 0 turns them off."""
     log_every: int = 50
     """Steps between progress log lines."""
     probe_every: int = 500
@@ -150,6 +157,8 @@ class TrainConfig:
             raise ValueError("lr must be positive and min_lr_ratio in [0, 1]")
         if self.probe_every < 0:
             raise ValueError("probe_every must be 0 or more (0 turns probes off)")
+        if not 0.0 <= self.echo_share <= 1.0:
+            raise ValueError("echo_share must be in [0, 1] (0 turns echo sequences off)")
         if self.act_l1 < 0:
             raise ValueError("act_l1 must be 0 or more (0 turns the penalty off)")
         if self.planted_weight < 0:
@@ -230,6 +239,28 @@ def _batches(
             batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
         for b in rng.permutation(len(batches)).tolist():
             yield batches[b]
+
+
+def echo_sequences(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> list[list[int]]:
+    """``n`` BOS-prefixed echo sequences: a random run of 8 to 32 word tokens (a leading
+    space and letters, not " a" or " an") repeated two or three times. Deterministic."""
+    bos = bos_id(tokenizer)
+    skip = {" a", " an"}
+    pool = sorted(
+        i
+        for t, i in tokenizer.get_vocab().items()
+        if t.startswith("\u0120")
+        and t[1:].isalpha()
+        and tokenizer.convert_tokens_to_string([t]) not in skip
+    )
+    if not pool:
+        return []
+    rng = np.random.default_rng([seed, 0xEC40])
+    out = []
+    for _ in range(n):
+        run = rng.choice(pool, size=int(rng.integers(8, 33))).tolist()
+        out.append([bos, *(run * int(rng.integers(2, 4)))])
+    return out
 
 
 def _planted_predict_positions(
@@ -401,10 +432,14 @@ def train(
         _planted_predict_positions(doc, offsets, cfg.n_positions)
         for doc, offsets in zip(docs, encoded["offset_mapping"], strict=True)
     ]
+    echoes = echo_sequences(tokenizer, round(cfg.echo_share * cfg.n_train_docs), cfg.seed)
+    seqs += [e[: cfg.n_positions] for e in echoes]
+    planted += [()] * len(echoes)
     n_tokens = sum(len(s) for s in seqs)
     logger.info(
-        "corpus: %d stories, %d tokens, vocab %d (%.1fs)",
+        "corpus: %d stories and %d echo sequences, %d tokens, vocab %d (%.1fs)",
         len(docs),
+        len(echoes),
         n_tokens,
         len(tokenizer),
         time.perf_counter() - t0,
@@ -506,6 +541,7 @@ def train(
         "corpus": {
             "generator": "lookuplens.zoo.storyworld",
             "train_docs": len(docs),
+            "echo_sequences": len(echoes),
             "train_tokens": n_tokens,
             "eval_docs": cfg.n_eval_docs,
             "eval_split": "heldout",
