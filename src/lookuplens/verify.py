@@ -17,11 +17,12 @@ position (the prompt's last token) on the neuron's target token:
 of the next-token distribution; ``delta_prob`` and ``delta_activation`` (the neuron's
 activation at the firing position, after minus before) are extra columns.
 
-For every ablated pair (kept or top head), a two-sample Kolmogorov-Smirnov test compares the drop in
-p(token) under the head's ablation on examples where the head is active against those
-where it is not (the paper: D = 0.24 to 0.33 on GPT-2); the statistic and p-value are
-written into ``pairs.parquet``. The agreement between attribution methods (Spearman
-correlation over all (example, head) values) goes to run.json.
+For every ablated pair (kept or top head), a two-sample Kolmogorov-Smirnov test
+compares the drop in p(token) under the head's ablation on examples where the head is
+active against those where it is not (the paper: D = 0.24 to 0.33 on GPT-2); the
+statistic and p-value are written into ``pairs.parquet``. The agreement between
+attribution methods (Spearman correlation over all (example, head) values) goes to
+run.json.
 """
 
 from __future__ import annotations
