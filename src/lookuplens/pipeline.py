@@ -359,8 +359,13 @@ def _stage_verify(ctx: Context) -> str:
     run.write_table("pairs", pairs)
     agreement = method_agreement(run.read_table("attributions"))
     run.update_meta(method_agreement=_finite(agreement))
-    ks = [v for v in pairs.column("ks_stat").to_pylist() if v == v]
-    mean_ks = f", mean KS D {sum(ks) / len(ks):.3f} over {len(ks)} pairs" if ks else ""
+    ks_all = pairs.column("ks_stat").to_pylist()
+    kept = pairs.column("kept").to_pylist()
+    ks = [v for v, k in zip(ks_all, kept, strict=True) if k and v == v]
+    n_tested = sum(1 for v in ks_all if v == v)
+    mean_ks = f", mean KS D {sum(ks) / len(ks):.3f} over {len(ks)} kept pairs" if ks else ""
+    if n_tested > len(ks):
+        mean_ks += f" ({n_tested} pairs KS-tested with the neurons' top heads)"
     summary = f"{effects.num_rows:,} intervention effects{mean_ks}"
     ctx.reporter.finish(summary)
     return summary
