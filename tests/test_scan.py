@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 from lookuplens.corpus import CorpusSpec, iter_tokenized
 from lookuplens.examples import ExamplesConfig, build_examples, neuron_activation_at
 from lookuplens.model import LoadedModel, hook_name, load_model
-from lookuplens.scan import ScanConfig, scan_corpus
+from lookuplens.scan import ScanConfig, bound_native_heap, scan_corpus
 
 NEURONS = [(0, 3), (1, 5), (1, 60), (0, 0), (1, 17)]
 
@@ -197,3 +198,9 @@ def test_killed_scan_resumes_to_identical_tables(
     for table in ("neurons", "firings", "activation_stats", "examples"):
         assert resumed.read_table(table).equals(fresh.read_table(table)), table
     assert RunDir.open(killed).meta["corpus"] == RunDir.open(tmp_path / "fresh").meta["corpus"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_bound_native_heap_applies_on_glibc() -> None:
+    assert bound_native_heap() is True
+    assert bound_native_heap(4 << 20) is True  # idempotent, any threshold

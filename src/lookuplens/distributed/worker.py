@@ -29,7 +29,7 @@ from lookuplens.attribute import (
 )
 from lookuplens.corpus import TokenizedDoc
 from lookuplens.model import LoadedModel, load_model
-from lookuplens.scan import NeuronReader, ScanConfig, pad_id, scan_shard
+from lookuplens.scan import NeuronReader, ScanConfig, bound_native_heap, pad_id, scan_shard
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -153,6 +153,8 @@ class ShardWorker:
         reader = self._readers.get(neurons)
         if reader is None:
             reader = self._readers[neurons] = NeuronReader(self.lm, neurons)
+        if cfg.bound_heap:  # the worker process's memory, as in a local scan
+            bound_native_heap()
         return scan_shard(reader, shard.docs(), cfg, pad_id(self.lm))
 
     def head_means(self, prompts: list[list[int]], max_layer: int, batch: int) -> dict[int, Tensor]:
