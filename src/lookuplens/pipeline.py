@@ -37,6 +37,7 @@ from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
 from lookuplens.report import ReportConfig, write_report
 from lookuplens.scan import ScanConfig, ScanProgress, count_documents, scan_corpus
 from lookuplens.store import STAGES, RunDir
+from lookuplens.summary import mean_kept_ks
 from lookuplens.verify import VerifyConfig, method_agreement, verify_run
 
 log = logging.getLogger(__name__)
@@ -359,13 +360,13 @@ def _stage_verify(ctx: Context) -> str:
     run.write_table("pairs", pairs)
     agreement = method_agreement(run.read_table("attributions"))
     run.update_meta(method_agreement=_finite(agreement))
-    ks_all = pairs.column("ks_stat").to_pylist()
-    kept = pairs.column("kept").to_pylist()
-    ks = [v for v, k in zip(ks_all, kept, strict=True) if k and v == v]
-    n_tested = sum(1 for v in ks_all if v == v)
-    mean_ks = f", mean KS D {sum(ks) / len(ks):.3f} over {len(ks)} kept pairs" if ks else ""
-    if n_tested > len(ks):
-        mean_ks += f" ({n_tested} pairs KS-tested with the neurons' top heads)"
+    df = pairs.to_pandas()
+    tested = df.ks_stat.notna()
+    n_kept = int((tested & df.kept).sum())
+    mean = mean_kept_ks(df)
+    mean_ks = f", mean KS D {mean:.3f} over {n_kept} kept pairs" if mean is not None else ""
+    if int(tested.sum()) > n_kept:
+        mean_ks += f" ({int(tested.sum())} pairs KS-tested with the neurons' top heads)"
     summary = f"{effects.num_rows:,} intervention effects{mean_ks}"
     ctx.reporter.finish(summary)
     return summary

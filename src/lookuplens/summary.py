@@ -8,8 +8,10 @@ of the neuron's input the head writes (mean `direct` attribution).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from lookuplens.store import RunDir
 
@@ -102,6 +104,14 @@ def top_pairs(run: RunDir, limit: int = 10, include_baseline: bool = False) -> l
     return rows
 
 
+def mean_kept_ks(pairs: Any) -> float | None:
+    """Mean KS D over the kept pairs of a `pairs` table (a DataFrame); None when none of
+    them was KS-tested. Pairs verified only as a neuron's top head are left out."""
+    ks = pd.to_numeric(pairs[pairs.kept.astype(bool)].ks_stat, errors="coerce")
+    ks = ks[np.isfinite(ks)]
+    return float(ks.mean()) if len(ks) else None
+
+
 def key_numbers(run: RunDir) -> dict[str, object]:
     """Headline figures of a run (counts, mean E against the baseline, mean KS D)."""
     out: dict[str, object] = {}
@@ -115,8 +125,7 @@ def key_numbers(run: RunDir) -> dict[str, object]:
         p = run.read_df("pairs")
         out["pairs"] = len(p)
         out["pairs_kept"] = int(p.kept.sum())
-        ks = p[p.kept].ks_stat.dropna()
-        out["mean_ks_d"] = float(ks.mean()) if len(ks) else None
+        out["mean_ks_d"] = mean_kept_ks(p)
     stats = run.meta.get("score_stats")
     if isinstance(stats, dict):
         pairs = stats.get("pairs") if isinstance(stats.get("pairs"), dict) else {}

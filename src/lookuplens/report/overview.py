@@ -19,6 +19,7 @@ from lookuplens.report.data import (
 from lookuplens.report.markup import Html, esc, generic, kv, note, numbers, table
 from lookuplens.report.svg import Series, histogram_svg
 from lookuplens.store import STAGE_TABLES, STAGES
+from lookuplens.summary import mean_kept_ks
 
 __all__ = ["Figure", "e_histogram_section", "overview_section"]
 
@@ -68,8 +69,7 @@ def _key_numbers(t: RunTables, plan: ReportPlan) -> Html:
     pairs = t.get("pairs")
     if pairs is not None:
         items.append(("pairs kept", f"{int(pairs.kept.sum()):,} of {len(pairs):,}"))
-        kept = pairs[pairs.kept]
-        ks = _mean(kept.ks_stat) if len(kept) else None
+        ks = mean_kept_ks(pairs)
         if ks is not None:
             items.append(("mean KS D (kept pairs)", ks))
     for kind in ("pairs", "neurons"):
