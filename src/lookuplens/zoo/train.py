@@ -117,9 +117,9 @@ class TrainConfig:
     """Echo sequences added to the training set, as a share of ``n_train_docs``: a random
     run of 8 to 32 word tokens said two or three times (the articles " a" and " an" never
     appear in them). Their repeats can only be predicted by copying, a curriculum aimed at
-    induction heads, which name recall needs. Off in the shipped recipe: at 0.25 for 3,000
-    steps no induction head formed (1% of repeated tokens predicted) and name recall rose
-    only from 0.76 to 0.79 on the probe. 0 turns them off."""
+    induction heads, which name recall needs. Off in the shipped recipe: at 0.25 no
+    induction head formed (1% of repeated tokens predicted at step 3,000) and held-out
+    name recall after 3,500 steps was 0.718, below the shipped 0.738. 0 turns them off."""
     log_every: int = 50
     """Steps between progress log lines."""
     probe_every: int = 500
