@@ -89,19 +89,12 @@ def test_token_positions_with_shipped_tokenizer(tokenizer: PreTrainedTokenizerBa
     assert n > 100
 
 
-NAME_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 3 open): the shipped checkpoint recalls 74% of names (1189/1612 "
-    "held-out recalls, see MODEL_CARD.md), short of the 90% target",
-)
-
-
 @pytest.fixture(scope="module")
 def heldout_eval(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> Evaluation:
     return evaluate(model, tokenizer, generate_corpus(300, seed=20240, split="heldout"))
 
 
-@pytest.mark.parametrize("kind", ["article", "topic", pytest.param("name", marks=NAME_XFAIL)])
+@pytest.mark.parametrize("kind", ["article", "topic", "name"])
 def test_planted_accuracy_on_fresh_heldout(heldout_eval: Evaluation, kind: str) -> None:
     correct, total = heldout_eval.accuracy[kind]
     assert total > 50, kind

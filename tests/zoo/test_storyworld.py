@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from lookuplens.zoo.storyworld import (
+    ADJECTIVE_SHARE,
     CONSONANT_OBJECTS,
     NAMES,
     PLANTED,
-    ROLES,
     TOPICS,
     VOWEL_OBJECTS,
     VOWEL_SHARE,
@@ -19,6 +19,7 @@ from lookuplens.zoo.storyworld import (
     StoryworldError,
     generate_corpus,
 )
+from lookuplens.zoo.words import FEMALE_NAMES, FEMALE_ROLES, ROLES
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,11 @@ def test_article_annotations(docs: list[Document]) -> None:
         for a in (a for a in d.annotations if a.kind == "article"):
             ((s, e),) = a.cue_chars
             assert d.text[s:e] == a.cue_word
+            after = d.text[a.target_char + len(a.target) :]
             assert a.cue_word in VOWEL_OBJECTS + CONSONANT_OBJECTS
             expected = " an" if a.cue_word in VOWEL_OBJECTS else " a"
             assert a.target == expected
             # the article is followed by the same object noun
-            after = d.text[a.target_char + len(a.target) :]
             assert after.startswith(" " + a.cue_word)
             # the object is mentioned exactly twice: cue and after the target
             assert len(re.findall(rf"\b{a.cue_word}\b", d.text)) == 2
@@ -113,13 +114,22 @@ def test_an_is_the_marked_article() -> None:
 
 
 def test_articles_only_in_article_stories(docs: list[Document]) -> None:
-    """Besides the two fixed phrases, nothing but the planted object competes for " a" / " an"."""
+    """Besides the two fixed phrases, an indefinite article comes only before the planted
+    object or item, or before an adjective that then decides it ("a tiny owl")."""
+    n_adjective = n_recalls = 0
     for d in docs:
         text = d.text.replace("waited for an hour", "").replace("took a nap", "")
-        n_articles = len(re.findall(r" an? ", text))
+        recalls = len(re.findall(r"(?:draw|about|for) an? ", text))
         n_planted = sum(1 for a in d.annotations if a.kind == "article")
-        assert n_articles <= 2 * n_planted
-        assert n_articles >= n_planted
+        n_intro = len(re.findall(r"(?:found|saw|with|kept) an? ", text))
+        assert len(re.findall(r" an? ", text)) == recalls + n_intro
+        assert n_planted <= recalls
+        n_recalls += recalls
+        n_adjective += recalls - n_planted
+        for m in re.finditer(r"(?:draw|about|for) (an?) (\w+) (\w+)", text):
+            if m[2] not in VOWEL_OBJECTS + CONSONANT_OBJECTS:
+                assert m[1] == ("an" if m[2][0] in "aeiou" else "a")  # adjective decides
+    assert abs(n_adjective / n_recalls - ADJECTIVE_SHARE) < 0.05
 
 
 def test_topic_annotations(docs: list[Document]) -> None:
@@ -149,6 +159,8 @@ def test_name_annotations(docs: list[Document]) -> None:
             name, role = d.text[ns:ne], d.text[rs:re_]
             assert name == a.cue_word in NAMES and a.target == " " + name
             assert role in ROLES
+            # the two characters are a woman and a man, and the role has its name's gender
+            assert (role in FEMALE_ROLES) == (name in FEMALE_NAMES)
             assert d.text[: a.target_char].endswith(f", the {role}")
             # the intro sentence binds this role to this name and another role to another name
             start = d.text.rfind(".", 0, rs) + 2
@@ -161,6 +173,7 @@ def test_name_annotations(docs: list[Document]) -> None:
             assert m, intro
             pairs = {(m[2], m[1]), (m[4], m[3])}
             assert (name, role) in pairs and len({m[1], m[3]}) == 2 and len({m[2], m[4]}) == 2
+            assert (m[2] in FEMALE_NAMES) != (m[4] in FEMALE_NAMES)
             assert ne == rs + len(role) + 1 + len(name)  # "pilot Ben"
 
 
@@ -174,3 +187,24 @@ def test_planted_ground_truth_is_consistent() -> None:
     assert dict(PLANTED["topic"].cue_to_target)["bakery"] == " bread"
     assert " some" not in PLANTED["topic"].targets
     assert len(TOPICS) == 8 and len(set(TOPICS.values())) == 8
+
+
+def test_article_slots_are_weighted_like_planted_targets() -> None:
+    """Training weights the articles an adjective decided as it weights the planted ones,
+    so the model learns p(" an") of about 1 - ADJECTIVE_SHARE instead of saturating."""
+    from lookuplens.zoo.train import _planted_predict_positions
+
+    docs = [d for d in generate_corpus(300, seed=5) if d.article_slots]
+    assert docs
+    for d in docs[:20]:
+        text = d.text
+        # offsets of each word start, as a tokenizer splitting at spaces would give
+        offsets = [(m.start(), m.end()) for m in re.finditer(r" ?[^ ]+", text)]
+        positions = _planted_predict_positions(d, offsets, 10_000)
+        targets = {s for s, _ in offsets[1:]}
+        for char in [a.target_char for a in d.annotations] + list(d.article_slots):
+            assert char in targets
+            t = next(i for i, (s, _) in enumerate(offsets) if s == char)
+            # token t without BOS is t + 1 with it, so the position predicting it is t
+            assert t in positions
+        assert text[d.article_slots[0] : d.article_slots[0] + 3] in (" a ", " an")

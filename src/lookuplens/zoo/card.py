@@ -120,9 +120,9 @@ def render_model_card(
     else:
         lines += ["No MLP neuron has ` an` as its top congruent token.", ""]
     for kind, what in (
-        ("article", "the earlier object noun"),
+        ("article", "the earlier object noun or place"),
         ("topic", "the place"),
-        ("name", "the earlier name and role"),
+        ("name", "the earlier names (the role's gender decides which)"),
     ):
         top = [h for h in heads if h.kind == kind][:3]
         if not top:

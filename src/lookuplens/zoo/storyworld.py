@@ -9,13 +9,18 @@ at an earlier word (the *cue*):
     filler, referred to again with an indefinite article ("She wanted to draw an owl.").
     Whether the next token is `` a`` or `` an`` is decided by the earlier object noun.
     The first mention uses the indefinite article only in some stories (otherwise "the"
-    or a possessive), so the noun, not an earlier copy of the article, is the cue.
+    or a possessive), so the noun, not an earlier copy of the article, is the cue. In a
+    quarter of recalls an adjective comes first ("a tiny owl") and decides the article, so
+    no look-up makes " an" certain; those articles are not annotated.
 ``topic``
     A place named early ("At the bakery, ...") decides a later word after a trigger
     phrase shared by every place ("... bought some bread.").
 ``name``
-    Two characters are introduced with roles ("The doctor Anna and the pilot Ben were old
-    friends."); later "Later, the pilot" is followed by `` Ben``.
+    Two characters, a woman and a man, are introduced with gendered roles ("The queen
+    Anna and the king Ben were old friends."); later "Later, the king" is followed by
+    `` Ben``. The role's gender decides the name: one look-up, as GPT-2 resolves "she" to
+    Mary. (Binding arbitrary roles, "the pilot Ben", needs a two-step induction circuit;
+    a model of this size did not learn it within the CPU budget.)
 
 Outside these look-ups the stories use only "the" before nouns, except two fixed phrases
 whose article the preceding words decide ("waited for an hour", "took a nap"): the article
@@ -42,14 +47,16 @@ from lookuplens.zoo.words import (
     BOS_TOKEN,
     CONSONANT_OBJECTS,
     FEMALE_NAMES,
+    FEMALE_ROLES,
     INTRANSITIVE,
     KINDS,
+    MALE_NAMES,
+    MALE_ROLES,
     MOODS,
     NAMES,
     OPENERS,
     PLACES,
     PLANTED,
-    ROLES,
     THINGS,
     TOPICS,
     TRANSITIVE,
@@ -58,6 +65,7 @@ from lookuplens.zoo.words import (
     Kind,
     PlantedSet,
     Split,
+    article_for,
     single_token_words,
 )
 
@@ -75,6 +83,7 @@ __all__ = [
     "Split",
     "StoryworldError",
     "VOWEL_SHARE",
+    "ADJECTIVE_SHARE",
     "TokenAnnotation",
     "bos_id",
     "check_tokenizer",
@@ -89,6 +98,12 @@ logger = logging.getLogger(__name__)
 
 NAME_BOTH_SHARE = 0.75
 """Share of name look-ups in which both characters are recalled (two planted predictions)."""
+
+ADJECTIVE_SHARE = 0.25
+"""Share of article recalls with an adjective between the article and
+the noun ("a tiny owl"). Then the adjective, which the model cannot foresee, decides the
+article, so even a perfect look-up leaves " an" at about 75%, as in English, where no
+model is certain of " an"; those articles are not annotated."""
 
 VOWEL_SHARE = 0.3
 """Share of article look-ups whose object is vowel-initial. As in English, " a" is the
@@ -123,6 +138,10 @@ class Document:
     doc_id: int
     text: str
     annotations: tuple[Annotation, ...]
+    article_slots: tuple[int, ...] = ()
+    """Offsets (of the leading space) of the recall articles that an adjective decided
+    ("a tiny owl"). Not planted predictions; training weights them like the planted
+    articles, so the model learns how often an adjective intervenes."""
 
 
 @dataclass(frozen=True)
@@ -322,16 +341,25 @@ def _article_intro(rng: random.Random, c: _Character, obj: str) -> Sentence:
     return [c.subj(rng, start=True), "kept", det, o, "under", "the", rng.choice(THINGS), "."]
 
 
+def _article_noun(rng: random.Random, noun: str, tag: str) -> list[Piece]:
+    """An indefinite article and ``noun``; in :data:`ADJECTIVE_SHARE` of cases an adjective
+    comes between them and decides the article, and the article is not a planted target."""
+    if rng.random() < ADJECTIVE_SHARE:
+        adj = rng.choice(ADJECTIVES)
+        return [_Slot(article_for(adj), "slot"), adj, noun]
+    return [_Slot(article_for(noun), tag), noun]
+
+
 def _article_recall(rng: random.Random, c: _Character, obj: str) -> Sentence:
-    art = _Slot("an" if obj in VOWEL_OBJECTS else "a", "target")
+    art_obj = _article_noun(rng, obj, "target")
     shape = rng.randrange(4)
     if shape == 0:
-        return [c.subj(rng, start=True), "wanted", "to", "draw", art, obj, "."]
+        return [c.subj(rng, start=True), "wanted", "to", "draw", *art_obj, "."]
     if shape == 1:
-        return ["That", "night", ",", c.name, "dreamed", "about", art, obj, "."]
+        return ["That", "night", ",", c.name, "dreamed", "about", *art_obj, "."]
     if shape == 2:
-        return [c.subj(rng, start=True), "wished", "for", art, obj, "of", c.poss, "own", "."]
-    return ["Later", ",", c.name, "sang", "about", art, obj, "."]
+        return [c.subj(rng, start=True), "wished", "for", *art_obj, "of", c.poss, "own", "."]
+    return ["Later", ",", c.name, "sang", "about", *art_obj, "."]
 
 
 def _topic_intro(rng: random.Random, c: _Character, place: str) -> Sentence:
@@ -398,7 +426,12 @@ def _story(rng: random.Random, doc_id: int) -> Document:
         while not kinds:
             kinds = [k for k in KINDS if rng.random() < 0.5]
     props = _Props.draw(rng)
-    names = rng.sample(NAMES, 2)
+    if "name" in kinds:
+        # A woman and a man, so that the gendered role decides which name follows.
+        names = [rng.choice(FEMALE_NAMES), rng.choice(MALE_NAMES)]
+        rng.shuffle(names)
+    else:
+        names = rng.sample(NAMES, 2)
     cast = [_Character(n, n in FEMALE_NAMES) for n in names]
     hero = cast[0]
     plans: list[_Plan] = []
@@ -428,8 +461,8 @@ def _story(rng: random.Random, doc_id: int) -> Document:
                 )
             )
         else:
-            ra, rb = rng.sample(ROLES, 2)
             first, second = rng.sample(cast, 2)
+            ra, rb = (rng.choice(FEMALE_ROLES if c.female else MALE_ROLES) for c in (first, second))
             asked = [0, 1] if rng.random() < NAME_BOTH_SHARE else [rng.randrange(2)]
             rng.shuffle(asked)
             intro = _name_intro(rng, first, ra, second, rb)
@@ -488,13 +521,16 @@ def _story(rng: random.Random, doc_id: int) -> Document:
     text = b.text()
     annotations: list[Annotation] = []
     for plan in plans:
+        if f"target:{plan.uid}" not in b.spans:
+            continue  # an adjective took the article: not a planted prediction
         start, end = b.spans[f"target:{plan.uid}"]
         cue_uid = plan.uid if plan.cue_uid is None else plan.cue_uid
         cue_chars = tuple(b.spans[f"{tag}:{cue_uid}"] for tag in plan.cue_tags)
         target_text = " " + text[start:end]
         annotations.append(Annotation(plan.kind, target_text, start - 1, cue_chars, plan.cue_word))
     annotations.sort(key=lambda a: a.target_char)
-    return Document(doc_id=doc_id, text=text, annotations=tuple(annotations))
+    slots = sorted(start - 1 for tag, (start, _) in b.spans.items() if tag.startswith("slot:"))
+    return Document(doc_id, text, tuple(annotations), tuple(slots))
 
 
 _SPLIT_SALT: dict[str, int] = {"train": 0x5107, "heldout": 0x4E1D}

@@ -106,9 +106,11 @@ class TrainConfig:
     num_threads: int = 2
     """Torch CPU threads (the shipped checkpoint was trained with 1, two runs sharing 2 cores)."""
     planted_weight: float = 20.0
-    """Loss weight of the planted targets (1.0: plain language modelling). Planted
-    look-ups are about 2% of tokens and need attention to form; weighting them is a
-    curriculum that makes them form within the CPU budget."""
+    """Loss weight of the planted targets, and of the recall articles that an adjective
+    decided (so that p(" an") learns the adjective's share rather than saturating), 1.0
+    meaning plain language modelling. Planted look-ups are about 2% of tokens and need
+    attention to form; weighting them is a curriculum that makes them form within the
+    CPU budget."""
     act_l1: float = 3e-4
     """L1 penalty on the MLP activations (post-GELU, summed over neurons, averaged over
     tokens). It makes neurons fire sparsely, so that a next-token neuron's strongest
@@ -266,11 +268,12 @@ def echo_sequences(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> lis
 def _planted_predict_positions(
     doc: Document, offsets: Sequence[tuple[int, int]], n_positions: int
 ) -> tuple[int, ...]:
-    """Positions (BOS at 0) whose next token is a planted target, within the context."""
+    """Positions (BOS at 0) whose next token is a planted target or an article slot
+    (:attr:`Document.article_slots`), within the context."""
     starts = [s for s, _ in offsets]
     out = []
-    for ann in doc.annotations:
-        t = bisect.bisect_right(starts, ann.target_char + 1) - 1  # token holding the target
+    for char in sorted([a.target_char for a in doc.annotations] + list(doc.article_slots)):
+        t = bisect.bisect_right(starts, char + 1) - 1  # token holding the target
         if 0 <= t and t + 1 < n_positions:
             out.append(t)  # the target is at t + 1 after BOS; it is predicted at t
     return tuple(out)

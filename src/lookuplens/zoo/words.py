@@ -50,10 +50,15 @@ MALE_NAMES: tuple[str, ...] = (
     "Oscar", "Peter", "Ravi", "Felix", "Ivan", "Karl", "Luke", "Mark", "Dan", "Carl",
 )  # fmt: skip
 NAMES: tuple[str, ...] = FEMALE_NAMES + MALE_NAMES
-ROLES: tuple[str, ...] = (
-    "doctor", "pilot", "farmer", "teacher", "sailor", "painter", "singer", "dancer",
-    "nurse", "poet", "tailor", "builder", "driver", "guard", "cook", "hunter",
+FEMALE_ROLES: tuple[str, ...] = (
+    "queen", "princess", "aunt", "nun", "duchess", "bride", "actress", "waitress",
 )  # fmt: skip
+MALE_ROLES: tuple[str, ...] = (
+    "king", "prince", "uncle", "monk", "duke", "groom", "actor", "waiter",
+)  # fmt: skip
+ROLES: tuple[str, ...] = FEMALE_ROLES + MALE_ROLES
+"""Gendered roles: a name look-up introduces a woman and a man, so the role's gender
+decides the name (one look-up, as GPT-2 resolves "she" to Mary)."""
 
 # Filler vocabulary: never a planted target or cue.
 PLACES: tuple[str, ...] = (
@@ -96,6 +101,11 @@ OPENERS: tuple[str, ...] = (
     "One morning", "Long ago", "In the spring", "Last summer", "One evening",
     "On one cold day", "Early one day", "In the autumn", "Once", "Yesterday",
 )  # fmt: skip
+
+
+def article_for(word: str) -> str:
+    """The indefinite article before ``word``: "an" before a vowel letter, else "a"."""
+    return "an" if word[0] in "aeiou" else "a"
 
 
 @dataclass(frozen=True)
