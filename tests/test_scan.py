@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import signal
@@ -91,9 +92,9 @@ def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
     lm: LoadedModel, corpus: CorpusSpec
 ) -> None:
     res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
-    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1)
+    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=0)
     ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
-    assert len(ex) > 0
+    assert len(ex) > 0 and set(ex.kind) == {"top"}
     docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
     bos = lm.bos_token_id
     # recompute the activation at the end of each trimmed prompt, and one token shorter
@@ -120,6 +121,49 @@ def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
     again = build_examples(lm, res.topk, corpus, cfg).to_pandas()
     assert again.drop(columns="tokens").equals(ex.drop(columns="tokens"))
     assert again.tokens.map(tuple).equals(ex.tokens.map(tuple))
+
+
+def test_contrast_prompts_mirror_top_prompts_where_the_neuron_is_silent(
+    lm: LoadedModel, corpus: CorpusSpec
+) -> None:
+    res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
+    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=4, contrast_fraction=0.2)
+    ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
+    top, con = ex[ex.kind == "top"], ex[ex.kind == "contrast"]
+    base = build_examples(lm, res.topk, corpus, dataclasses.replace(cfg, contrast=0)).to_pandas()
+    assert (
+        top.drop(columns=["example_id", "split"])
+        .reset_index(drop=True)
+        .equals(base.drop(columns=["example_id", "split"]))
+    )  # contrasts are added; the top prompts are unchanged
+    assert len(con) > 0 and (con["rank"] == -1).all()
+    docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
+    full = neuron_activation_at(
+        lm,
+        [list(docs[r.doc_id][: r.position + 1]) for r in con.itertuples()],
+        list(zip(con.layer, con.neuron, strict=True)),
+    )
+    at_prompt = neuron_activation_at(
+        lm, [list(t) for t in con.tokens], list(zip(con.layer, con.neuron, strict=True))
+    )
+    for key, g in con.groupby(["layer", "neuron"]):
+        mine = top[(top.layer == key[0]) & (top.neuron == key[1])]
+        assert len(g) <= 4 and not set(g.doc_id) & set(mine.doc_id)
+        assert g.doc_id.is_unique  # one contrast per document
+        shapes = {(t[-1], len(t)) for t in mine.tokens}
+        limit = 0.2 * max(float(np.median(mine.activation)), 0.0)
+        for r in g.itertuples():
+            toks = list(r.tokens)
+            assert toks[0] == lm.bos_token_id and toks[1:] == list(
+                docs[r.doc_id][r.start : r.position + 1]
+            )
+            # same last token as a top prompt, and as long unless the document is shorter
+            assert any(t == toks[-1] and (n == len(toks) or r.start == 1) for t, n in shapes)
+            assert r.activation <= limit + 1e-6
+    assert np.allclose(full, con.activation, atol=1e-5)
+    assert np.allclose(at_prompt, con.trimmed_activation, atol=1e-5)
+    again = build_examples(lm, res.topk, corpus, cfg).to_pandas()
+    assert again.drop(columns="tokens").equals(ex.drop(columns="tokens"))
 
 
 def pd_duplicated(layers, neurons, keys) -> bool:  # type: ignore[no-untyped-def]

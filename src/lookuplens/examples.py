@@ -8,7 +8,10 @@ firing in one forward pass (`trim_prompts`). A trimmed prompt is
 ``[BOS] + doc_tokens[start : position + 1]`` (the BOS rule of `lookuplens.corpus`,
 so every stage sees prompts the same way); `start` indexes the BOS-prefixed document.
 Prompts longer than `max_prompt_tokens` are dropped, duplicates (same neuron, same
-tokens) removed, and each neuron's examples split into train and test with a seed.
+tokens) removed. Then `contrast` prompts per neuron are added (`lookuplens.contrast`:
+same last token and length as a top prompt, the neuron silent; column ``kind`` is
+``"top"`` or ``"contrast"``, and contrasts have ``rank`` -1), and each neuron's examples
+of each kind are split into train and test with a seed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 from torch import Tensor
@@ -49,6 +53,13 @@ class ExamplesConfig:
     """Share of each neuron's examples used for training when `n_train` is None."""
     seed: int = 0
     """Seed of the split."""
+    contrast: int = 20
+    """Contrast prompts per neuron (`lookuplens.contrast`): same last token and length as
+    one of its top prompts, but the neuron silent. 0 turns them off (the paper's setup)."""
+    contrast_fraction: float = 0.2
+    """A contrast's activation is at most this fraction of the neuron's median top one."""
+    contrast_search_docs: int = 5000
+    """Documents read, at most, to find the contrasts."""
 
     def __post_init__(self) -> None:
         if not 0 < self.keep_fraction <= 1:
@@ -61,6 +72,10 @@ class ExamplesConfig:
             raise ValueError(f"n_train must be at least 1, got {self.n_train}")
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.contrast < 0 or self.contrast_search_docs < 0:
+            raise ValueError("contrast and contrast_search_docs must be 0 or more")
+        if not 0 <= self.contrast_fraction < 1:
+            raise ValueError(f"contrast_fraction must be in [0, 1), got {self.contrast_fraction}")
 
 
 def neuron_activation_at(
@@ -304,7 +319,10 @@ def build_examples(
         out["trimmed_activation"].append(t.activation)
     if dropped:
         log.info("dropped %d prompts longer than %d tokens", dropped, cfg.max_prompt_tokens)
-    split = _split(out["layer"], out["neuron"], out["rank"], cfg)
+    out["kind"] = ["top"] * len(out["layer"])
+    if cfg.contrast > 0 and out["layer"]:
+        _add_contrasts(lm, spec, out, cfg)
+    split = _split(out["layer"], out["neuron"], out["rank"], out["kind"], cfg)
     n = len(out["layer"])
     return pa.table(
         {
@@ -321,24 +339,72 @@ def build_examples(
             "trimmed_activation": pa.array(out["trimmed_activation"], pa.float64()),
             "split": pa.array(split, pa.string()),
             "n_tokens": pa.array([len(t) for t in out["tokens"]], pa.int64()),
+            "kind": pa.array(out["kind"], pa.string()),
         }
     )
 
 
+def _add_contrasts(
+    lm: LoadedModel, spec: CorpusSpec, out: dict[str, list], cfg: ExamplesConfig
+) -> None:
+    """Append each neuron's contrast prompts to the columns of ``out`` (kind "contrast")."""
+    from lookuplens.contrast import find_contrasts
+
+    top = pd.DataFrame(
+        {k: out[k] for k in ("layer", "neuron", "rank", "doc_id", "tokens", "activation")}
+    )
+    found = find_contrasts(
+        lm,
+        spec,
+        top,
+        cfg.contrast,
+        cfg.contrast_fraction,
+        cfg.contrast_search_docs,
+        cfg.batch_tokens,
+    )
+    found.sort(key=lambda c: (c.layer, c.neuron, c.mirrors_rank, c.doc_id))
+    trimmed = neuron_activation_at(
+        lm, [list(c.tokens) for c in found], [(c.layer, c.neuron) for c in found], cfg.batch_tokens
+    )
+    bos = lm.bos_token_id
+    for c, t in zip(found, trimmed, strict=True):
+        out["layer"].append(c.layer)
+        out["neuron"].append(c.neuron)
+        out["rank"].append(-1)
+        out["doc_id"].append(c.doc_id)
+        out["position"].append(c.position)
+        out["activation"].append(c.activation)
+        out["start"].append(c.start)
+        out["tokens"].append(list(c.tokens))
+        body = list(c.tokens[1:] if bos is not None else c.tokens)
+        out["text"].append(lm.tokenizer.decode(body).replace("\n", " "))
+        out["trimmed_activation"].append(float(t))
+        out["kind"].append("contrast")
+    log.info("added %d contrast prompts", len(found))
+
+
 def _split(
-    layers: list[int], neurons: list[int], ranks: list[int], cfg: ExamplesConfig
+    layers: list[int], neurons: list[int], ranks: list[int], kinds: list[str], cfg: ExamplesConfig
 ) -> list[str]:
+    """Per neuron and kind (top prompts, contrasts), a seeded train/test split."""
     split = ["test"] * len(layers)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, key in enumerate(zip(layers, neurons, strict=True)):
+    groups: dict[tuple[int, int, str], list[int]] = {}
+    for i, key in enumerate(zip(layers, neurons, kinds, strict=True)):
         groups.setdefault(key, []).append(i)
-    for (layer, neuron), idx in groups.items():
-        n_train = cfg.n_train if cfg.n_train is not None else round(cfg.train_fraction * len(idx))
+    for (layer, neuron, kind), idx in groups.items():
+        if cfg.n_train is None:
+            n_train = round(cfg.train_fraction * len(idx))
+        elif kind == "top":
+            n_train = cfg.n_train
+        else:  # contrasts: the top prompts' train share
+            n_top = len(groups.get((layer, neuron, "top"), idx))
+            n_train = round(min(1.0, cfg.n_train / max(n_top, 1)) * len(idx))
         n_train = min(max(n_train, 1), len(idx))
         if cfg.split == "rank":
             order = sorted(idx, key=lambda i: ranks[i])
         else:
-            rng = np.random.default_rng([cfg.seed, layer, neuron])
+            salt = [] if kind == "top" else [1]
+            rng = np.random.default_rng([cfg.seed, layer, neuron, *salt])
             order = [idx[j] for j in rng.permutation(len(idx))]
         for i in order[:n_train]:
             split[i] = "train"

@@ -153,6 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_prompt_tokens": 100,  # prompts of 100 tokens or more dropped
             "split": "rank",  # the February version explains with the first 20 prompts
             "n_train": 20,
+            "contrast": 0,  # top prompts only, no contrast prompts
         },
         "attribute": {
             "label_method": "raw",  # head result . W_in, no norm
@@ -333,7 +334,7 @@ def _stage_attribute(ctx: Context) -> str:
             on_progress=lambda d, n: ctx.reporter.update(d, n),
         )
     labels = label_examples(att, examples, cfg)
-    pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg)
+    pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg, examples)
     ctx.run.write_table("attributions", att)
     ctx.run.write_table("labels", labels)
     ctx.run.write_table("pairs", pairs)

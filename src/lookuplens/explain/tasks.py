@@ -50,6 +50,9 @@ class _Example:
     text: str
     split: str
     activation: float
+    kind: str = "top"
+    """``"top"`` (a top firing) or ``"contrast"`` (the neuron silent, see
+    `lookuplens.contrast`)."""
 
 
 def load_tasks(lm: LoadedModel, run: RunDir, cfg: TaskConfig) -> list[Task]:
@@ -89,6 +92,11 @@ def _read_examples(table: pa.Table) -> list[_Example]:
     cols = table.select(
         ["example_id", "layer", "neuron", "tokens", "text", "split", "trimmed_activation"]
     ).to_pydict()
+    kinds = (
+        table.column("kind").to_pylist()
+        if "kind" in table.column_names
+        else ["top"] * table.num_rows
+    )
     rows = [
         _Example(
             int(cols["example_id"][i]),
@@ -97,6 +105,7 @@ def _read_examples(table: pa.Table) -> list[_Example]:
             str(cols["text"][i]),
             str(cols["split"][i]),
             float(cols["trimmed_activation"][i]),
+            str(kinds[i]),
         )
         for i in range(table.num_rows)
     ]
@@ -173,10 +182,12 @@ def neuron_tasks(
     info: dict[NeuronKey, NeuronInfo],
     cfg: TaskConfig,
 ) -> list[Task]:
-    """One task per tracked neuron with examples: its examples against non-firing contexts."""
+    """One task per tracked neuron with examples: its top prompts against non-firing
+    contexts, its own contrast prompts first."""
     own: dict[NeuronKey, list[_Example]] = defaultdict(list)
+    contrasts: dict[NeuronKey, list[_Example]] = defaultdict(list)
     for e in examples:
-        own[e.key].append(e)
+        (own if e.kind == "top" else contrasts)[e.key].append(e)
     keys = sorted(k for k in info if k in own)
     # distinct prompts, first occurrence wins (examples are sorted by id)
     distinct: dict[tuple[int, ...], _Example] = {}
@@ -187,7 +198,7 @@ def neuron_tasks(
     prompts: list[tuple[int, ...]] = []
     owners: list[NeuronKey] = []
     for key in keys:
-        own_tokens = {e.tokens for e in own[key]}
+        own_tokens = {e.tokens for e in own[key]} | {e.tokens for e in contrasts[key]}
         cands = [e for e in pool if e.key != key and e.tokens not in own_tokens]
         rng = np.random.default_rng([cfg.seed, key[0], key[1]])
         order = rng.permutation(len(cands))[: cfg.negative_candidates * len(own[key])]
@@ -209,6 +220,10 @@ def neuron_tasks(
         median = float(np.median([e.activation for e in pos]))
         room = {s: sum(e.split == s for e in pos) for s in ("train", "test")}
         neg: list[_Example] = []
+        for e in contrasts[key]:  # silent by construction (below 0.2x the median)
+            if room.get(e.split, 0) > 0:
+                room[e.split] -= 1
+                neg.append(e)
         if median > 0:
             limit = cfg.negative_fraction * median
             for e, v in zip(cand, vals, strict=True):

@@ -297,7 +297,9 @@ def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
     examples = t.get("examples")
     by_neuron: dict[NeuronKey, pd.DataFrame] = {}
     if examples is not None and not examples.empty:
-        sort_cols = [c for c in ("rank", "example_id") if c in examples.columns]
+        # top prompts by rank, then the contrast prompts (rank -1)
+        examples = examples.assign(_contrast=examples.get("kind", "top") == "contrast")
+        sort_cols = [c for c in ("_contrast", "rank", "example_id") if c in examples.columns]
         ex_sorted = examples.sort_values(sort_cols, kind="stable")
         for (layer, neuron), g in ex_sorted.groupby(["layer", "neuron"], sort=False):
             by_neuron[(int(layer), int(neuron))] = g

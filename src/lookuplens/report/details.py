@@ -178,7 +178,9 @@ def _prompt(
 
 def _example_meta(ex: Mapping[str, object]) -> str:
     parts = []
-    if not is_missing(ex.get("rank")):
+    if ex.get("kind") == "contrast":
+        parts.append("contrast (neuron silent)")
+    elif not is_missing(ex.get("rank")):
         parts.append(f"rank {int(ex['rank'])}")  # type: ignore[call-overload]
     parts.append(f"activation {fmt(finite(ex.get('trimmed_activation')), 3)}")
     if not is_missing(ex.get("activation")):

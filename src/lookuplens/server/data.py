@@ -176,7 +176,9 @@ class RunData:
         out: dict[NeuronKey, tuple[int, ...]] = {}
         if ex is None or ex.empty:
             return out
-        cols = [c for c in ("rank", "example_id") if c in ex.columns]
+        # top prompts by rank, then the contrast prompts (rank -1)
+        ex = ex.assign(_contrast=ex.get("kind", "top") == "contrast")
+        cols = [c for c in ("_contrast", "rank", "example_id") if c in ex.columns]
         ex = ex.sort_values(cols, kind="stable")
         for (layer, neuron), g in ex.groupby(["layer", "neuron"], sort=False):
             out[(int(layer), int(neuron))] = tuple(int(i) for i in g.example_id)
