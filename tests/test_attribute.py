@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,29 @@ def test_labels_and_pairs(tiny_dirs: dict[str, Path]) -> None:
     assert ((pairs.active_rate >= 0.25) & (pairs.active_rate <= 0.75)).equals(pairs.kept)
     assert set(pairs.mechanism) <= {"single", "few", "distributed"}
     assert pairs[pairs.neuron == 9].baseline.all()
+
+
+def test_ablation_typical_rule_against_the_top_prompts_median(tiny_dirs: dict[str, Path]) -> None:
+    """Active when zero-ablating the head lowers the activation by at least a fraction of
+    the neuron's median activation over its top prompts (contrast prompts do not count
+    toward that median, but are labelled by it)."""
+    lm = load_model(tiny_dirs["gpt2"], device="cpu")
+    ex = examples(lm)
+    kinds = ["top", "top", "contrast"] * (ex.num_rows // 3) + ["top"] * (ex.num_rows % 3)
+    ex = ex.append_column("kind", pa.array(kinds, pa.string()))
+    cfg = AttributeConfig(
+        methods=("direct", "zero_ablation"), label_rule="ablation_typical", label_fraction=0.1
+    )
+    att = attribute_examples(lm, ex, cfg)
+    z = att.to_pandas()
+    z = z[z.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
+    fraction = 0.5 * float(z.max())  # the top prompts' median activation is 1.0 here
+    cfg = dataclasses.replace(cfg, label_fraction=fraction)
+    labels = label_examples(att, ex, cfg).to_pandas()
+    e = ex.to_pandas().set_index("example_id")
+    for r in labels.itertuples():
+        mine = e[(e.layer == r.layer) & (e.neuron == r.neuron) & (e.kind == "top")]
+        ref = float(mine.trimmed_activation.median()) if len(mine) else 0.0
+        effect = float(z[(r.example_id, r.head_layer, r.head)])
+        assert r.active == (ref > 0 and effect >= fraction * ref)
+    assert labels.active.any() and not labels.active.all()

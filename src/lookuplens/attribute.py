@@ -82,11 +82,17 @@ class AttributeConfig:
     """Count the heads of the neuron's own layer as upstream (the paper's code did not)."""
     label_method: str = "direct"
     """The method whose values decide whether a head is active on an example."""
-    label_rule: Literal["mean_std", "top_k", "ablation_fraction"] = "mean_std"
-    """``mean_std``: value above mean + `label_std` standard deviations over the candidate
-    heads (the paper's); ``top_k``: among the `label_top_k` largest positive values;
-    ``ablation_fraction``: zero-ablating the head removes at least `label_fraction` of
-    the activation."""
+    label_rule: Literal["mean_std", "top_k", "ablation_fraction", "ablation_typical"] = (
+        "ablation_typical"
+    )
+    """``ablation_typical`` (the default): zero-ablating the head lowers the activation by
+    at least `label_fraction` of the neuron's median activation over its top prompts, a
+    causal test with one yardstick for a neuron's top and contrast prompts;
+    ``mean_std``: value above mean + `label_std` standard deviations over the candidate
+    heads (the paper's, relative to the other heads, so a head that drives the neuron
+    alongside another may count as inactive); ``top_k``: among the `label_top_k` largest
+    positive values; ``ablation_fraction``: zero-ablating the head removes at least
+    `label_fraction` of the example's own activation."""
     label_std: float = 2.0
     """Standard deviations above the mean for ``mean_std``."""
     label_top_k: int = 3
@@ -110,8 +116,8 @@ class AttributeConfig:
             )
         if self.label_method not in self.methods:
             raise ValueError(f"label_method {self.label_method!r} must be one of the methods")
-        if self.label_rule == "ablation_fraction" and "zero_ablation" not in self.methods:
-            raise ValueError("label_rule ablation_fraction needs the zero_ablation method")
+        if self.label_rule.startswith("ablation") and "zero_ablation" not in self.methods:
+            raise ValueError(f"label_rule {self.label_rule} needs the zero_ablation method")
         if not 0 <= self.min_active_rate <= self.max_active_rate <= 1:
             raise ValueError("need 0 <= min_active_rate <= max_active_rate <= 1")
         if self.batch_examples < 1 or self.label_top_k < 1:
@@ -587,11 +593,18 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
     elif cfg.label_rule == "top_k":
         rank = g.rank(ascending=False, method="first")
         active = (rank <= cfg.label_top_k) & (val.value > 0)
-    else:
+    elif cfg.label_rule == "ablation_fraction":
         za = df[df.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
         eff = za.reindex(pd_index(val)).to_numpy()
         act = ex.loc[val.example_id, "trimmed_activation"].to_numpy()
         active = (act > 0) & (eff >= cfg.label_fraction * act)
+    else:  # ablation_typical
+        za = df[df.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
+        eff = za.reindex(pd_index(val)).to_numpy()
+        top = ex if "kind" not in ex.columns else ex[ex.kind == "top"]
+        typical = top.groupby(["layer", "neuron"]).trimmed_activation.median().clip(lower=0)
+        ref = typical.reindex(pd_index_cols(val, ["layer", "neuron"])).to_numpy()
+        active = (ref > 0) & (eff >= cfg.label_fraction * ref)
     val["active"] = np.asarray(active, dtype=bool)
     val["split"] = ex.loc[val.example_id, "split"].to_numpy()
     val = val.sort_values(["example_id", "head_layer", "head"], kind="stable")
@@ -617,14 +630,20 @@ def mechanism_label(top1: float, top3: float) -> str:
 
 
 def build_pairs(
-    attributions: pa.Table, labels: pa.Table, neurons: pa.Table, cfg: AttributeConfig
+    attributions: pa.Table,
+    labels: pa.Table,
+    neurons: pa.Table,
+    cfg: AttributeConfig,
+    examples: pa.Table | None = None,
 ) -> pa.Table:
     """The `pairs` table: per (neuron, upstream head) its active rate and whether it is kept.
 
     Also per neuron a mechanism label from the mean positive `direct` attributions:
     ``single`` when the top head carries at least half of them, ``few`` when the top three
     carry 60%, else ``distributed``; `top1_share` and `top3_share` give the fractions.
-    `ks_stat` and `ks_pvalue` are filled by the verify stage (NaN until then).
+    `ks_stat` and `ks_pvalue` are filled by the verify stage (NaN until then). Given
+    ``examples``, the shares and `mean_direct` use the top prompts only (what drives the
+    neuron when it fires), not its contrast prompts; the active rate uses both.
     """
     lab = labels.to_pandas()
     train = lab[lab.split == "train"]
@@ -642,6 +661,9 @@ def build_pairs(
     att = attributions.to_pandas()
     method = "direct" if "direct" in set(att.method) else cfg.label_method
     d = att[att.method == method]
+    if examples is not None and "kind" in examples.column_names:
+        kinds = examples.select(["example_id", "kind"]).to_pandas()
+        d = d[d.example_id.isin(kinds.example_id[kinds.kind == "top"])]
     mean = d.groupby(["layer", "neuron", "head_layer", "head"]).value.mean().reset_index()
     mean["pos"] = mean.value.clip(lower=0)
     shares = {}
