@@ -89,6 +89,13 @@ class OfflineConfig:
     """... and at least this many times a uniform share (1 / prompt length)."""
     n_attended_tokens: int = 3
     """How many of the head's most attended source tokens the explanation names."""
+    lookup_fraction: float = 0.5
+    """For a pair, the tokens whose look-up score (`lookuplens.explain.lookup`: what the
+    head writes into the neuron's input when it attends to the token) is at least this
+    fraction of the best token's form one candidate cue, "contains one of them"; 0 turns
+    the cue off."""
+    lookup_max_tokens: int = 64
+    """At most this many tokens in that cue."""
 
     def __post_init__(self) -> None:
         if self.max_ngram < 1:
@@ -103,6 +110,8 @@ class OfflineConfig:
             raise ValueError("max_candidates must be >= 1 and max_features >= 0")
         if not 0 <= self.min_gain < 1:
             raise ValueError("min_gain must be in [0, 1)")
+        if not 0 <= self.lookup_fraction <= 1 or self.lookup_max_tokens < 1:
+            raise ValueError("lookup_fraction must be in [0, 1] and lookup_max_tokens >= 1")
         if not 0 <= self.attention_min_mass <= 1 or self.attention_min_ratio < 0:
             raise ValueError("attention_min_mass must be in [0, 1], attention_min_ratio >= 0")
         if self.n_attended_tokens < 0:

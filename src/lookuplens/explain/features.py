@@ -1,7 +1,9 @@
 """Token cues of prompts and their smoothed log-odds between two groups of prompts.
 
-A cue is ``("contains", ngram)`` (the n-gram of token ids occurs in the prompt) or
-``("ends_with", ngram)`` (the prompt ends with it). Prompts are token ids without BOS.
+A cue is ``("contains", ngram)`` (the n-gram of token ids occurs in the prompt),
+``("ends_with", ngram)`` (the prompt ends with it) or ``("any_of", tokens)`` (one of a set
+of tokens occurs: the tokens a head looks up to drive a neuron, `lookuplens.explain.lookup`).
+Prompts are token ids without BOS.
 
 The log-odds of a cue between active and inactive prompts use an informative Beta prior
 (the two-class case of the Dirichlet prior of Monroe, Colaresi & Quinn 2008, "Fightin'
@@ -23,7 +25,7 @@ import numpy as np
 
 Ngram = tuple[int, ...]
 Cue = tuple[str, Ngram]
-KINDS = ("contains", "ends_with")
+KINDS = ("contains", "ends_with", "any_of")
 
 
 def strip_bos(tokens: Sequence[int], bos: int | None) -> tuple[int, ...]:
@@ -48,6 +50,9 @@ def cue_positions(body: Sequence[int], cue: Cue) -> list[int]:
     """Positions (indices into `body`) covered by the cue's occurrences."""
     kind, gram = cue
     n, length = len(gram), len(body)
+    if kind == "any_of":
+        members = set(gram)
+        return [i for i, t in enumerate(body) if t in members]
     if kind == "ends_with":
         return list(range(length - n, length)) if tuple(body[length - n :]) == gram else []
     covered: set[int] = set()
@@ -64,12 +69,18 @@ class Background:
         self.max_n = max_n
         self.counts: Counter[Cue] = Counter()
         self.n = 0
+        self.token_sets: list[frozenset[int]] = []
         for b in bodies:
             self.counts.update(prompt_cues(b, max_n))
+            self.token_sets.append(frozenset(b))
             self.n += 1
 
     def rate(self, cue: Cue) -> float:
         """Share of prompts with the cue, smoothed (add one half)."""
+        if cue[0] == "any_of":
+            members = set(cue[1])
+            hits = sum(1 for ts in self.token_sets if not members.isdisjoint(ts))
+            return (hits + 0.5) / (self.n + 1.0)
         return (self.counts.get(cue, 0) + 0.5) / (self.n + 1.0)
 
 

@@ -45,6 +45,7 @@ from lookuplens.explain.features import (
     prompt_cues,
     strip_bos,
 )
+from lookuplens.explain.lookup import LookupScores
 from lookuplens.explain.metrics import best_threshold
 from lookuplens.model import LoadedModel, hook_name
 
@@ -107,6 +108,24 @@ class OfflineExplainer:
         self.lm = env.lm
         self.bos = env.lm.bos_token_id
         self._background: Background | None = None
+        self._lookup: LookupScores | None = None
+        self._bodies: list[set[int]] = []
+
+    def lookup_cue(self, task: Task) -> Cue | None:
+        """The pair's look-up token set as an ``any_of`` cue (None: off, or no token)."""
+        if task.head is None or task.head_layer is None or self.cfg.lookup_fraction <= 0:
+            return None
+        if self._lookup is None:
+            self._lookup = LookupScores(self.lm)
+        ids, _ = self._lookup.top_tokens(
+            task.head_layer,
+            task.head,
+            task.layer,
+            task.neuron,
+            self.cfg.lookup_fraction,
+            self.cfg.lookup_max_tokens,
+        )
+        return ("any_of", tuple(ids)) if ids else None
 
     def background(self) -> Background:
         """Cue rates over every example prompt of the run (the prior), computed once."""
@@ -128,8 +147,15 @@ class OfflineExplainer:
                 note=f"all {len(y)} training prompts are {what}; there is nothing to contrast",
             )
         bodies = [strip_bos(it.tokens, self.bos) for it in task.train]
+        self._bodies = [set(b) for b, it in zip(bodies, task.train, strict=True) if it.active]
         cues = [prompt_cues(b, cfg.max_ngram) for b in bodies]
         n_a, n_i = int(y.sum()), int((~y).sum())
+        group = self.lookup_cue(task)
+        if group is not None:
+            members = set(group[1])
+            for b, c in zip(bodies, cues, strict=True):
+                if not members.isdisjoint(b):
+                    c.add(group)
         cnt_a: Counter[Cue] = Counter()
         cnt_i: Counter[Cue] = Counter()
         for c, act in zip(cues, y, strict=True):
@@ -162,6 +188,8 @@ class OfflineExplainer:
         )
         pool = order[: cfg.max_candidates]
         pool += [j for j in extra if j not in pool]
+        if group is not None and group in index and index[group] not in pool:
+            pool.append(index[group])  # always offered: it generalises past seen tokens
         chosen, threshold, train_ba = self._select(pool, keys, delta, cues, y)
         picks = [
             _Chosen(keys[j], float(delta[j]), float(z[j]), ya[j] / n_a, yi[j] / n_i) for j in chosen
@@ -269,10 +297,15 @@ class OfflineExplainer:
         y: np.ndarray,
     ) -> dict[str, object]:
         kind, gram = c.cue
+        text = (
+            ", ".join(self.lm.tokenizer.decode([t]).strip() for t in gram)
+            if kind == "any_of"
+            else self.lm.tokenizer.decode(list(gram))
+        )
         out: dict[str, object] = {
             "kind": kind,
             "ids": list(gram),
-            "text": self.lm.tokenizer.decode(list(gram)),
+            "text": text,
             "weight": c.weight,
             "z": c.z,
             "active_rate": c.active_rate,
@@ -322,6 +355,15 @@ class OfflineExplainer:
 
     def _conditions(self, feats: Sequence[dict[str, object]], texts: Sequence[str]) -> str:
         parts = []
+        for f in feats:
+            if f["kind"] == "any_of":
+                ids = list(f["ids"])  # type: ignore[call-overload]
+                seen = [t for t in ids if any(t in b for b in self._bodies)][:6] or ids[:6]
+                shown = ", ".join(f'"{self.lm.tokenizer.decode([t]).strip()}"' for t in seen)
+                parts.append(
+                    f"contains a word the head looks up to drive the neuron ({shown}; "
+                    f"{len(ids)} such tokens)"
+                )
         for kind, verb in (("contains", "contains"), ("ends_with", "ends with")):
             names = [self._show(str(f["text"]), kind, texts) for f in feats if f["kind"] == kind]
             if names:
