@@ -347,7 +347,9 @@ def _effects_table(effects: list[dict[str, object]]) -> Html:
 
 def _example_meta(ex: Mapping[str, object]) -> str:
     parts = []
-    if ex.get("rank") is not None:
+    if ex.get("kind") == "contrast":
+        parts.append("contrast (neuron silent)")
+    elif ex.get("rank") is not None:
         parts.append(f"rank {ex['rank']}")
     parts.append(f"activation {fmt(ex.get('trimmed_activation'))}")
     if ex.get("split"):
