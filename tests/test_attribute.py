@@ -76,7 +76,7 @@ def test_direct_decomposition_closes(lm: LoadedModel) -> None:
 
 def test_batched_direct_equals_the_decomposition(lm: LoadedModel) -> None:
     ex = examples(lm)
-    att = attribute_examples(lm, ex, AttributeConfig(methods=("direct",)))
+    att = attribute_examples(lm, ex, AttributeConfig(methods=("direct",), label_rule="mean_std"))
     for i, text in enumerate(TEXTS):
         toks = lm.to_tokens(text)[0]
         d = decompose_neuron_input(lm, toks, 1, NEURONS[i], len(toks) - 1)

@@ -117,7 +117,10 @@ class AttributeConfig:
         if self.label_method not in self.methods:
             raise ValueError(f"label_method {self.label_method!r} must be one of the methods")
         if self.label_rule.startswith("ablation") and "zero_ablation" not in self.methods:
-            raise ValueError(f"label_rule {self.label_rule} needs the zero_ablation method")
+            raise ValueError(
+                f"label_rule {self.label_rule} needs the zero_ablation method; add it to the "
+                "methods or choose --label-rule mean_std"
+            )
         if not 0 <= self.min_active_rate <= self.max_active_rate <= 1:
             raise ValueError("need 0 <= min_active_rate <= max_active_rate <= 1")
         if self.batch_examples < 1 or self.label_top_k < 1:

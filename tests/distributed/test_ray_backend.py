@@ -307,7 +307,7 @@ def test_attribution_reruns_nothing_once_every_batch_is_written(
 ) -> None:
     firings = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=3)).topk
     examples = build_examples(lm, firings, corpus, ExamplesConfig(window=3, max_prompt_tokens=30))
-    cfg = AttributeConfig(methods=("direct", "raw"), batch_examples=4)
+    cfg = AttributeConfig(methods=("direct", "raw"), label_rule="mean_std", batch_examples=4)
     shards = store(tmp_path, "attribute")
     local = attribute_examples(lm, examples, cfg, shards=shards)  # the local backend wrote all
     log = tmp_path / "calls.log"

@@ -96,6 +96,9 @@ class OfflineConfig:
     the cue off."""
     lookup_max_tokens: int = 64
     """At most this many tokens in that cue."""
+    lookup_min_attention: float = 0.1
+    """A token of that cue that occurs in training prompts stays in it only if the head's
+    attention to it from the last position averages at least this much there."""
 
     def __post_init__(self) -> None:
         if self.max_ngram < 1:

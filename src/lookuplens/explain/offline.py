@@ -150,7 +150,19 @@ class OfflineExplainer:
         self._bodies = [set(b) for b, it in zip(bodies, task.train, strict=True) if it.active]
         cues = [prompt_cues(b, cfg.max_ngram) for b in bodies]
         n_a, n_i = int(y.sum()), int((~y).sum())
+        attn: list[np.ndarray] | None = None
+        if task.head is not None and task.head_layer is not None:
+            full = last_token_attention(
+                self.lm,
+                [it.tokens for it in task.train],
+                task.head_layer,
+                task.head,
+                self.env.tasks.batch_tokens,
+            )
+            attn = [a[len(a) - len(b) :] for a, b in zip(full, bodies, strict=True)]
         group = self.lookup_cue(task)
+        if group is not None and attn is not None:
+            group = self._prune_unattended(group, bodies, attn)
         if group is not None:
             members = set(group[1])
             for b, c in zip(bodies, cues, strict=True):
@@ -168,18 +180,9 @@ class OfflineExplainer:
         delta, z = log_odds(ya, n_a, yi, n_i, prior, cfg.prior_strength)
         index = {k: j for j, k in enumerate(keys)}
 
-        attn: list[np.ndarray] | None = None
         attended_tokens: list[dict[str, object]] = []
         extra: list[int] = []
-        if task.head is not None and task.head_layer is not None:
-            full = last_token_attention(
-                self.lm,
-                [it.tokens for it in task.train],
-                task.head_layer,
-                task.head,
-                self.env.tasks.batch_tokens,
-            )
-            attn = [a[len(a) - len(b) :] for a, b in zip(full, bodies, strict=True)]
+        if attn is not None:
             attended_tokens, extra = self._attended(bodies, attn, y, index)
 
         order = sorted(
@@ -216,6 +219,26 @@ class OfflineExplainer:
         )
 
     # ------------------------------------------------------------------ pieces
+    def _prune_unattended(
+        self, group: Cue, bodies: Sequence[tuple[int, ...]], attn: Sequence[np.ndarray]
+    ) -> Cue | None:
+        """Drop the look-up tokens that the head, as observed on the training prompts,
+        does not attend to from the last position (mean attention below
+        `lookup_min_attention` where present): its weights would carry them to the
+        neuron, but its queries do not pick them. Tokens no training prompt holds stay."""
+        seen: dict[int, list[float]] = defaultdict(list)
+        members = set(group[1])
+        for b, a in zip(bodies, attn, strict=True):
+            for tok, m in zip(b, a, strict=True):
+                if tok in members:
+                    seen[tok].append(float(m))
+        keep = tuple(
+            t
+            for t in group[1]
+            if t not in seen or float(np.mean(seen[t])) >= self.cfg.lookup_min_attention
+        )
+        return ("any_of", keep) if keep else None
+
     def _attended(
         self,
         bodies: Sequence[tuple[int, ...]],
