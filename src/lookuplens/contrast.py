@@ -14,6 +14,7 @@ head drive the neuron.
 The search reads documents in corpus order, skips each neuron's own top documents, takes
 at most one contrast per neuron and document, and stops once every neuron has its
 contrasts or after `contrast_search_docs` documents: deterministic for a given corpus.
+The examples stage then drops the contrasts that, cut to their length, fire the neuron.
 `--preset paper` turns contrasts off (the paper used the top prompts only).
 """
 

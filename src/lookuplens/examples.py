@@ -366,8 +366,17 @@ def _add_contrasts(
     trimmed = neuron_activation_at(
         lm, [list(c.tokens) for c in found], [(c.layer, c.neuron) for c in found], cfg.batch_tokens
     )
+    # silent as a prompt too: cut to the mirrored length, a context can fire the neuron
+    limit = {
+        key: cfg.contrast_fraction * max(float(np.median(g.activation)), 0.0)
+        for key, g in top.groupby(["layer", "neuron"])
+    }
     bos = lm.bos_token_id
+    n_loud = 0
     for c, t in zip(found, trimmed, strict=True):
+        if t > limit[(c.layer, c.neuron)]:
+            n_loud += 1
+            continue
         out["layer"].append(c.layer)
         out["neuron"].append(c.neuron)
         out["rank"].append(-1)
@@ -380,7 +389,9 @@ def _add_contrasts(
         out["text"].append(lm.tokenizer.decode(body).replace("\n", " "))
         out["trimmed_activation"].append(float(t))
         out["kind"].append("contrast")
-    log.info("added %d contrast prompts", len(found))
+    log.info(
+        "added %d contrast prompts (%d more fired the neuron once cut)", len(found) - n_loud, n_loud
+    )
 
 
 def _split(

@@ -21,12 +21,15 @@ def test_layer0_scores_equal_the_hand_computed_ov_circuit(tiny_dirs: dict[str, P
     head, neuron = 1, 7
     with torch.no_grad():
         x = hf.transformer.wte.weight + hf.transformer.wpe.weight[0]  # every token at position 0
-        v = blk0.ln_1(x) @ blk0.attn.c_attn.weight[:, 2 * d : 3 * d] + blk0.attn.c_attn.bias[2 * d :]
+        v = (
+            blk0.ln_1(x) @ blk0.attn.c_attn.weight[:, 2 * d : 3 * d]
+            + blk0.attn.c_attn.bias[2 * d :]
+        )
         v_h = v[:, head * dh : (head + 1) * dh]
         out = v_h @ blk0.attn.c_proj.weight[head * dh : (head + 1) * dh]  # [vocab, d]
         w = blk1.ln_2.weight * blk1.mlp.c_fc.weight[:, neuron]
         w = w - w.mean()
-        want = (out.double() @ w.double())
+        want = out.double() @ w.double()
         want = want - want.median()
     got = LookupScores(lm, batch=7).scores(0, head, 1, neuron)
     assert torch.allclose(got, want, atol=1e-4)

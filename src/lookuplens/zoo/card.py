@@ -120,7 +120,7 @@ def render_model_card(
     else:
         lines += ["No MLP neuron has ` an` as its top congruent token.", ""]
     for kind, what in (
-        ("article", "the earlier object noun or place"),
+        ("article", "the earlier object noun"),
         ("topic", "the place"),
         ("name", "the earlier names (the role's gender decides which)"),
     ):
