@@ -14,7 +14,9 @@ head drive the neuron.
 The search reads documents in corpus order, skips each neuron's own top documents, takes
 at most one contrast per neuron and document, and stops once every neuron has its
 contrasts or after `contrast_search_docs` documents: deterministic for a given corpus.
-The examples stage then drops the contrasts that, cut to their length, fire the neuron.
+"Silent" is measured with the whole document before the position as context, as the top
+firings are; cut to the mirrored length, a contrast prompt may fire the neuron after all
+(its `trimmed_activation` says so), and its heads are labelled by the same rule.
 `--preset paper` turns contrasts off (the paper used the top prompts only).
 """
 

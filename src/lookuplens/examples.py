@@ -55,7 +55,8 @@ class ExamplesConfig:
     """Seed of the split."""
     contrast: int = 20
     """Contrast prompts per neuron (`lookuplens.contrast`): same last token and length as
-    one of its top prompts, but the neuron silent. 0 turns them off (the paper's setup)."""
+    one of its top prompts, but the neuron silent there (with the whole document as
+    context). 0 turns them off (the paper's setup)."""
     contrast_fraction: float = 0.2
     """A contrast's activation is at most this fraction of the neuron's median top one."""
     contrast_search_docs: int = 5000
@@ -366,17 +367,8 @@ def _add_contrasts(
     trimmed = neuron_activation_at(
         lm, [list(c.tokens) for c in found], [(c.layer, c.neuron) for c in found], cfg.batch_tokens
     )
-    # silent as a prompt too: cut to the mirrored length, a context can fire the neuron
-    limit = {
-        key: cfg.contrast_fraction * max(float(np.median(g.activation)), 0.0)
-        for key, g in top.groupby(["layer", "neuron"])
-    }
     bos = lm.bos_token_id
-    n_loud = 0
     for c, t in zip(found, trimmed, strict=True):
-        if t > limit[(c.layer, c.neuron)]:
-            n_loud += 1
-            continue
         out["layer"].append(c.layer)
         out["neuron"].append(c.neuron)
         out["rank"].append(-1)
@@ -389,9 +381,7 @@ def _add_contrasts(
         out["text"].append(lm.tokenizer.decode(body).replace("\n", " "))
         out["trimmed_activation"].append(float(t))
         out["kind"].append("contrast")
-    log.info(
-        "added %d contrast prompts (%d more fired the neuron once cut)", len(found) - n_loud, n_loud
-    )
+    log.info("added %d contrast prompts", len(found))
 
 
 def _split(
