@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lookuplens.errors import RunDirError
 from lookuplens.report.config import ReportConfig
@@ -101,8 +102,14 @@ class RunTables:
         return out
 
 
-def _attribution_means(table: pa.Table) -> pd.DataFrame:
+def _attribution_means(table: pa.Table, examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean of each method per (neuron, head), over the neuron's top prompts only when the
+    examples table marks contrast prompts (what drives the neuron when it fires, as
+    `pairs.mean_direct`)."""
     keys = ["layer", "neuron", "head_layer", "head", "method"]
+    if examples is not None and "kind" in examples.columns:
+        top = pa.array(examples.example_id[examples.kind == "top"].to_numpy())
+        table = table.filter(pc.is_in(table.column("example_id"), value_set=top))
     agg = (
         table.select([*keys, "value"])
         .group_by(keys)
@@ -118,6 +125,7 @@ def load_run(run: RunDir) -> RunTables:
     tables: dict[str, pd.DataFrame] = {}
     problems: dict[str, str] = {}
     means: pd.DataFrame | None = None
+    attributions: pa.Table | None = None
     for name in REPORT_TABLES:
         if not run.has_table(name):
             continue
@@ -128,9 +136,11 @@ def load_run(run: RunDir) -> RunTables:
             problems[name] = str(e)
             continue
         if name == "attributions":
-            means = _attribution_means(table)
+            attributions = table
         else:
             tables[name] = table.to_pandas()
+    if attributions is not None:
+        means = _attribution_means(attributions, tables.get("examples"))
     return RunTables(run.path, run.meta, tables, means, problems)
 
 
