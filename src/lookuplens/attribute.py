@@ -138,6 +138,16 @@ def mlp_stream_point(lm: LoadedModel, layer: int) -> str:
     return hook_name(layer, "hook_resid_pre" if lm.parallel_residual else "hook_resid_mid")
 
 
+def norm_readout(lm: LoadedModel, layer: int, w: Tensor) -> Tensor:
+    """Read-out directions `w` ([..., d]) moved before the MLP norm's gain and (LayerNorm)
+    centring, in float64: the direction up to the norm's per-position scale."""
+    p = lm.norm_params(lm.mlp_norm(layer))
+    g = p.weight.double().to(w.device) * w.double()
+    if p.kind == "layernorm":
+        g = g - g.mean(dim=-1, keepdim=True)  # centring, moved onto w
+    return g
+
+
 def frozen_norm_direction(
     lm: LoadedModel, layer: int, x: Tensor, w: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -148,14 +158,11 @@ def frozen_norm_direction(
     """
     p = lm.norm_params(lm.mlp_norm(layer))
     x = x.double()
-    gamma = p.weight.double()
     if p.kind == "layernorm":
         scale = torch.sqrt(x.var(dim=-1, unbiased=False) + p.eps)
-        w_eff = gamma * w.double() / scale[:, None]
-        w_eff = w_eff - w_eff.mean(dim=-1, keepdim=True)  # centring, moved onto w
     else:
         scale = torch.sqrt((x * x).mean(dim=-1) + p.eps)
-        w_eff = gamma * w.double() / scale[:, None]
+    w_eff = norm_readout(lm, layer, w) / scale[:, None]
     const = torch.zeros(x.shape[0], dtype=torch.float64)
     if p.bias is not None:
         const = const + (p.bias.double() * w.double()).sum(-1)
@@ -597,13 +604,11 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
         rank = g.rank(ascending=False, method="first")
         active = (rank <= cfg.label_top_k) & (val.value > 0)
     elif cfg.label_rule == "ablation_fraction":
-        za = df[df.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
-        eff = za.reindex(pd_index(val)).to_numpy()
+        eff = _zero_ablation_effects(df, val)
         act = ex.loc[val.example_id, "trimmed_activation"].to_numpy()
         active = (act > 0) & (eff >= cfg.label_fraction * act)
     else:  # ablation_typical
-        za = df[df.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
-        eff = za.reindex(pd_index(val)).to_numpy()
+        eff = _zero_ablation_effects(df, val)
         top = ex if "kind" not in ex.columns else ex[ex.kind == "top"]
         typical = top.groupby(["layer", "neuron"]).trimmed_activation.median().clip(lower=0)
         ref = typical.reindex(pd_index_cols(val, ["layer", "neuron"])).to_numpy()
@@ -615,6 +620,12 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
         val[["example_id", "layer", "neuron", "head_layer", "head", "active", "split"]],
         preserve_index=False,
     )
+
+
+def _zero_ablation_effects(df, val):  # type: ignore[no-untyped-def]
+    """The zero-ablation value of each row of ``val`` (same example and head)."""
+    za = df[df.method == "zero_ablation"].set_index(["example_id", "head_layer", "head"]).value
+    return za.reindex(pd_index(val)).to_numpy()
 
 
 def pd_index(val):  # type: ignore[no-untyped-def]

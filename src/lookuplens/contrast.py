@@ -23,15 +23,17 @@ firings are; cut to the mirrored length, a contrast prompt may fire the neuron a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pandas as pd
 import torch
 
-from lookuplens.corpus import CorpusSpec, TokenizedDoc, iter_tokenized
+from lookuplens.corpus import CorpusSpec, iter_tokenized, make_batches
 from lookuplens.model import LoadedModel, hook_name
+from lookuplens.scan import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +62,6 @@ class Contrast:
     mirrors_rank: int
     tokens: tuple[int, ...]
     """The prompt: ``[BOS] + doc[start : position + 1]``, as long as the prompt it mirrors."""
-
-
-def _batches(docs: Iterator[TokenizedDoc], batch_tokens: int) -> Iterator[list[TokenizedDoc]]:
-    batch: list[TokenizedDoc] = []
-    width = 0
-    for d in docs:
-        w = max(width, len(d.tokens))
-        if batch and w * (len(batch) + 1) > batch_tokens:
-            yield batch
-            batch, w = [], len(d.tokens)
-        batch.append(d)
-        width = w
-    if batch:
-        yield batch
 
 
 def find_contrasts(
@@ -117,37 +105,33 @@ def find_contrasts(
     names = [hook_name(layer, "mlp.hook_post") for layer in layers]
     used: set[tuple[int, int, int]] = set()  # (layer, neuron, doc_id)
     found: list[Contrast] = []
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
+    bos = lm.bos_token_id
+    first = 1 if bos is not None else 0
     n_docs = 0
-    docs = iter_tokenized(spec, lm.tokenizer, lm.max_context)
-    for batch in _batches(docs, batch_tokens):
-        if open_slots == 0 or n_docs >= search_docs:
+    docs = islice(iter_tokenized(spec, lm.tokenizer, lm.max_context), search_docs)
+    for batch in make_batches(docs, batch_tokens, pad_id(lm)):
+        if open_slots == 0:
             break
-        batch = batch[: max(search_docs - n_docs, 0)]
-        n_docs += len(batch)
-        wanted = np.array([t for t, by_neuron in slots.items() if by_neuron], dtype=np.int64)
-        hits = [np.flatnonzero(np.isin(d.tokens, wanted)) for d in batch]
-        if not any(len(h) for h in hits):
+        n_docs += len(batch.doc_ids)
+        wanted = torch.tensor([t for t, by_neuron in slots.items() if by_neuron])
+        hit = torch.isin(batch.input_ids, wanted) & batch.attention_mask.bool()
+        if not hit.any():
             continue
-        width = max(len(d.tokens) for d in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, d in enumerate(batch):
-            ids[i, : len(d.tokens)] = torch.tensor(np.asarray(d.tokens, dtype=np.int64))
-            mask[i, : len(d.tokens)] = 1
-        _, cache = lm.run_with_cache(ids, names, attention_mask=mask, stop_after_layer=layers[-1])
+        _, cache = lm.run_with_cache(
+            batch.input_ids, names, attention_mask=batch.attention_mask, stop_after_layer=layers[-1]
+        )
         acts = {
             layer: cache[n].float().cpu().numpy() for layer, n in zip(layers, names, strict=True)
         }
-        for i, d in enumerate(batch):
-            for p in hits[i].tolist():
-                by_neuron = slots.get(int(d.tokens[p]))
+        for i, doc_id in enumerate(batch.doc_ids):
+            tokens = batch.input_ids[i, : batch.lengths[i]].tolist()
+            for p in torch.nonzero(hit[i]).flatten().tolist():
+                by_neuron = slots.get(tokens[p])
                 if p == 0 or not by_neuron:
                     continue  # the BOS position, or nothing left to find for this token
                 for key, open_ in list(by_neuron.items()):
-                    key3 = (key[0], key[1], d.doc_id)
-                    if key3 in used or d.doc_id in own_docs[key]:
+                    key3 = (key[0], key[1], doc_id)
+                    if key3 in used or doc_id in own_docs[key]:
                         continue
                     a = float(acts[key[0]][i, p, key[1]])
                     if a > threshold[key]:
@@ -155,11 +139,9 @@ def find_contrasts(
                     s = open_.pop(0)
                     if not open_:
                         del by_neuron[key]
-                    bos = lm.bos_token_id
-                    start = max(1 if bos is not None else 0, p + 1 - s.body_len)
-                    body = tuple(int(t) for t in d.tokens[start : p + 1])
-                    prompt = ((bos,) if bos is not None else ()) + body
-                    found.append(Contrast(s.layer, s.neuron, d.doc_id, p, a, start, s.rank, prompt))
+                    start = max(first, p + 1 - s.body_len)
+                    prompt = ((bos,) if bos is not None else ()) + tuple(tokens[start : p + 1])
+                    found.append(Contrast(s.layer, s.neuron, doc_id, p, a, start, s.rank, prompt))
                     used.add(key3)
                     open_slots -= 1
         if on_progress is not None:

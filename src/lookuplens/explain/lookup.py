@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from lookuplens.attribute import norm_readout
 from lookuplens.model import LoadedModel, hook_name
 
 
@@ -47,10 +48,7 @@ class LookupScores:
     def scores(self, head_layer: int, head: int, layer: int, neuron: int) -> torch.Tensor:
         """``[vocab]``: each token's look-up score for (head, neuron), float64."""
         lm = self.lm
-        p = lm.norm_params(lm.mlp_norm(layer))
-        w = lm.W_in(layer)[neuron].detach().double().cpu() * p.weight.detach().double().cpu()
-        if p.kind == "layernorm":
-            w = w - w.mean()
+        w = norm_readout(lm, layer, lm.W_in(layer)[neuron].detach()).cpu()
         out = (lm.W_O(head_layer)[head].detach().double().cpu() @ w).float()  # [d_head]
         s = (self._value_vectors(head_layer)[:, head] @ out).double()
         # attention weights sum to one, so what every token writes alike (the value bias,
@@ -65,17 +63,10 @@ class LookupScores:
         neuron: int,
         fraction: float,
         max_tokens: int,
-        allowed: set[int] | None = None,
     ) -> tuple[list[int], list[float]]:
         """The tokens scoring at least ``fraction`` of the best score (best first, at most
-        ``max_tokens``), restricted to ``allowed`` when given; empty if none is positive."""
+        ``max_tokens``); empty if none is positive."""
         s = self.scores(head_layer, head, layer, neuron)
-        if allowed is not None:
-            mask = torch.full_like(s, float("-inf"))
-            idx = torch.tensor(sorted(allowed), dtype=torch.long)
-            idx = idx[idx < s.numel()]
-            mask[idx] = s[idx]
-            s = mask
         best = float(s.max())
         if not best > 0:
             return [], []

@@ -109,7 +109,6 @@ class OfflineExplainer:
         self.bos = env.lm.bos_token_id
         self._background: Background | None = None
         self._lookup: LookupScores | None = None
-        self._bodies: list[set[int]] = []
 
     def lookup_cue(self, task: Task) -> Cue | None:
         """The pair's look-up token set as an ``any_of`` cue (None: off, or no token)."""
@@ -147,7 +146,6 @@ class OfflineExplainer:
                 note=f"all {len(y)} training prompts are {what}; there is nothing to contrast",
             )
         bodies = [strip_bos(it.tokens, self.bos) for it in task.train]
-        self._bodies = [set(b) for b, it in zip(bodies, task.train, strict=True) if it.active]
         cues = [prompt_cues(b, cfg.max_ngram) for b in bodies]
         n_a, n_i = int(y.sum()), int((~y).sum())
         attn: list[np.ndarray] | None = None
@@ -338,6 +336,9 @@ class OfflineExplainer:
             "attention_inactive": None,
             "attention_uniform": None,
         }
+        if kind == "any_of":  # the members an active training prompt held, to name them
+            held = set().union(*(b for b, act in zip(bodies, y, strict=True) if act))
+            out["seen_ids"] = [t for t in gram if t in held]
         if attn is None:
             return out
         per: dict[bool, list[float]] = {True: [], False: []}
@@ -381,7 +382,7 @@ class OfflineExplainer:
         for f in feats:
             if f["kind"] == "any_of":
                 ids = list(f["ids"])  # type: ignore[call-overload]
-                seen = [t for t in ids if any(t in b for b in self._bodies)][:6] or ids[:6]
+                seen = list(f["seen_ids"])[:6] or ids[:6]  # type: ignore[call-overload]
                 shown = ", ".join(f'"{self.lm.tokenizer.decode([t]).strip()}"' for t in seen)
                 parts.append(
                     f"contains a word the head looks up to drive the neuron ({shown}; "

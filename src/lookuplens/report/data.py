@@ -299,6 +299,13 @@ def _labels_by_pair(
     return out
 
 
+def display_order(examples: pd.DataFrame) -> pd.DataFrame:
+    """Examples as reports list them: top prompts by rank, then contrast prompts (rank -1)."""
+    examples = examples.assign(_contrast=examples.get("kind", "top") == "contrast")
+    cols = [c for c in ("_contrast", "rank", "example_id") if c in examples.columns]
+    return examples.sort_values(cols, kind="stable")
+
+
 def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
     """Pick the neurons (selected first, then baseline, each by congruence), the kept
     pairs (by E when scored, else by active rate near 0.5 and mean direct attribution)
@@ -307,11 +314,7 @@ def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
     examples = t.get("examples")
     by_neuron: dict[NeuronKey, pd.DataFrame] = {}
     if examples is not None and not examples.empty:
-        # top prompts by rank, then the contrast prompts (rank -1)
-        examples = examples.assign(_contrast=examples.get("kind", "top") == "contrast")
-        sort_cols = [c for c in ("_contrast", "rank", "example_id") if c in examples.columns]
-        ex_sorted = examples.sort_values(sort_cols, kind="stable")
-        for (layer, neuron), g in ex_sorted.groupby(["layer", "neuron"], sort=False):
+        for (layer, neuron), g in display_order(examples).groupby(["layer", "neuron"], sort=False):
             by_neuron[(int(layer), int(neuron))] = g
 
     n_plans: list[NeuronPlan] = []

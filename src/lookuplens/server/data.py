@@ -22,6 +22,7 @@ from lookuplens.errors import UserError
 from lookuplens.report.config import ReportConfig
 from lookuplens.report.data import (
     RunTables,
+    display_order,
     finite,
     load_run,
     neuron_rows,
@@ -176,11 +177,7 @@ class RunData:
         out: dict[NeuronKey, tuple[int, ...]] = {}
         if ex is None or ex.empty:
             return out
-        # top prompts by rank, then the contrast prompts (rank -1)
-        ex = ex.assign(_contrast=ex.get("kind", "top") == "contrast")
-        cols = [c for c in ("_contrast", "rank", "example_id") if c in ex.columns]
-        ex = ex.sort_values(cols, kind="stable")
-        for (layer, neuron), g in ex.groupby(["layer", "neuron"], sort=False):
+        for (layer, neuron), g in display_order(ex).groupby(["layer", "neuron"], sort=False):
             out[(int(layer), int(neuron))] = tuple(int(i) for i in g.example_id)
         return out
 
