@@ -207,3 +207,109 @@ def test_method_agreement_is_a_correlation_matrix() -> None:
     assert agree["direct"]["zero_ablation"] == pytest.approx(1.0)
     assert agree["direct"]["raw"] == pytest.approx(-1.0)
     assert agree["raw"]["raw"] == 1.0
+
+
+SWAP_TOP = ["An owl sat on the", "She bought an apple at the", "We saw an eagle over the"]
+SWAP_CONTRAST = ["The quick brown fox and the", "A cat ran under the", "They built a boat by the"]
+
+
+def test_source_swap_matches_hand_computation(lm: LoadedModel) -> None:
+    """The word head L0H1 reads on each top prompt, swapped for the word it reads on a
+    silent contrast prompt (in turn), and the head's output patched into the clean run.
+    (A random tiny model has no neuron silent on the contrasts, so the silent share is set
+    to let all three lend their word.)"""
+    prompts = [lm.to_tokens(t)[0].tolist() for t in SWAP_TOP + SWAP_CONTRAST]
+    post, pat_name, z_name = (
+        hook_name(0, n) for n in ("mlp.hook_post", "attn.hook_pattern", "attn.hook_z")
+    )
+    acts, reads = [], []
+    for toks in prompts:
+        _, c = lm.run_with_cache(torch.tensor([toks]), [post, pat_name])
+        acts.append(c[post][0, -1])
+        reads.append(int(c[pat_name][0, 1, -1, 1:-1].argmax()) + 1)  # BOS and self left out
+    acts_t = torch.stack(acts)  # [6, d_mlp]
+    med = acts_t[:3].median(0).values
+    assert (med > 0).any()
+    n = int(torch.argmax(med))
+    # every contrast counts as silent: the share of the top median that their largest reaches
+    share = float(acts_t[3:, n].max() / med[n]) + 1e-3
+    k = len(prompts)
+    examples = pa.table(
+        {
+            "example_id": list(range(k)),
+            "layer": [0] * k,
+            "neuron": [n] * k,
+            "tokens": prompts,
+            "kind": ["top"] * 3 + ["contrast"] * 3,
+        }
+    )
+    neurons = pa.table({"layer": [0], "neuron": [n], "token_id": [17], "target_token_id": [17]})
+    stats = pa.table({"layer": [0], "neuron": [n], "act_mean": [0.0]})
+    labels = pa.table(
+        {
+            "example_id": list(range(k)),
+            "head_layer": [0] * k,
+            "head": [1] * k,
+            "active": [True, False] * 3,
+        }
+    )
+    pairs = pa.table(
+        {
+            "layer": [0],
+            "neuron": [n],
+            "head_layer": [0],
+            "head": [1],
+            "kept": [True],
+            "ks_stat": [float("nan")],
+            "ks_pvalue": [float("nan")],
+        }
+    )
+    cfg = VerifyConfig(
+        neuron_interventions=False, batch_rows=4, swap_silent_fraction=share, swap_min_attention=0
+    )
+    effects, _ = verify_run(lm, examples, neurons, stats, labels, pairs, cfg)
+    df = effects.to_pandas()
+    swaps = df[df.intervention == "head_source_swap"].set_index("example_id")
+    assert sorted(swaps.index) == [0, 1, 2]  # top prompts only
+    pool = [prompts[j][reads[j]] for j in range(3, 6)]
+    for i in range(3):
+        toks = prompts[i]
+        s = reads[i]
+        t = next(pool[(i + j) % 3] for j in range(3) if pool[(i + j) % 3] != toks[s])
+        row = swaps.loc[i]
+        assert (int(row.swap_position), int(row.swap_token_id)) == (s, t)
+        assert (int(row.head_layer), int(row["head"])) == (0, 1)
+        swapped = toks[:s] + [t] + toks[s + 1 :]
+        _, donor = lm.run_with_cache(torch.tensor([swapped]), [z_name])
+
+        def patch(z: Tensor, _n: str, new: Tensor = donor[z_name][:, :, 1]) -> Tensor:
+            z = z.clone()
+            z[:, :, 1] = new
+            return z
+
+        got: dict[str, Tensor] = {}
+
+        def grab(x: Tensor, _n: str, got: dict[str, Tensor] = got) -> None:
+            got["a"] = x[0, -1, n]
+
+        assert row.delta_logprob == pytest.approx(
+            logprob(lm, toks, 17, [(z_name, patch)]) - logprob(lm, toks, 17), abs=1e-6
+        )
+        lm.run_with_cache(torch.tensor([toks]), [], extra_hooks=[(z_name, patch), (post, grab)])
+        assert row.delta_activation == pytest.approx(float(got["a"] - acts_t[i, n]), abs=1e-5)
+    # contrasts above the silent share of the top median lend no word
+    loud = VerifyConfig(
+        neuron_interventions=False, swap_silent_fraction=share - 1e3, swap_min_attention=0
+    )
+    effects, _ = verify_run(lm, examples, neurons, stats, labels, pairs, loud)
+    assert "head_source_swap" not in set(effects.column("intervention").to_pylist())
+    # a head that puts less than `swap_min_attention` on every word reads none
+    most = max(
+        float(lm.run_with_cache(torch.tensor([t]), [pat_name])[1][pat_name][0, 1, -1, 1:-1].max())
+        for t in prompts
+    )
+    diffuse = VerifyConfig(
+        neuron_interventions=False, swap_silent_fraction=share, swap_min_attention=most + 1e-6
+    )
+    effects, _ = verify_run(lm, examples, neurons, stats, labels, pairs, diffuse)
+    assert "head_source_swap" not in set(effects.column("intervention").to_pylist())

@@ -12,6 +12,20 @@ position (the prompt's last token) on the neuron's target token:
   value-vector ablation), with ``head_layer`` and ``head`` set. The top heads are
   verified too because the 25-75% filter drops a head that drives its neuron on nearly
   every example, and that is the head a user most needs checked.
+- ``head_source_swap`` of the same heads, on the neuron's top prompts only: a
+  counterfactual patch. The word the head reads (its most attended position from the
+  firing position, the beginning-of-sequence token and the firing token itself left out,
+  when it gets at least ``swap_min_attention``)
+  is replaced by a word the same head reads on one of the neuron's contrast prompts
+  (prompts ending on the same token where the neuron is silent, as stored; taken in
+  turn), the
+  swapped prompt is run, and the head's output from that run is patched into the clean
+  run at every position. Zero ablation asks what the neuron does with the head silent, a
+  state the model never sees; the swap asks what it does when the head reads what it
+  reads when the neuron stays off (the resample ablation recommended over zeroing for
+  causal claims). ``swap_position`` (index in the prompt's tokens) and
+  ``swap_token_id`` (the replacement) say what was swapped; needs contrast prompts (none
+  under ``--preset paper``), otherwise no rows.
 
 ``delta_logprob`` is log p(token) after minus before; ``kl`` is KL(clean || intervened)
 of the next-token distribution; ``delta_prob`` and ``delta_activation`` (the neuron's
@@ -32,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import torch
@@ -54,6 +69,17 @@ class VerifyConfig:
     """Measure zero, mean and scale interventions on each neuron."""
     head_ablations: bool = True
     """Ablate the head of every kept pair on its neuron's examples (and run the KS test)."""
+    source_swap: bool = True
+    """Measure ``head_source_swap`` on the ablated heads (needs contrast prompts)."""
+    swap_silent_fraction: float = 0.2
+    """A contrast prompt lends the swap its word when the neuron's activation on it, as
+    stored, is at most this share of the median over the top prompts (a contrast is
+    chosen silent with its whole document as context; cut to length, some fire)."""
+    swap_min_attention: float = 0.5
+    """The head reads a word when it puts at least this much attention on it from the
+    firing position: top prompts where it reads none get no swap, and contrasts where it
+    reads none lend no word (a diffuse head on a silent contrast reads nothing the
+    neuron's silence can be blamed on)."""
     top_heads: int = 1
     """Also ablate (and KS-test) each neuron's top heads by mean ``direct`` attribution,
     kept or not; 0: kept pairs only."""
@@ -147,8 +173,9 @@ def _neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Call
     return make
 
 
-def _head_edit(heads: list[tuple[int, int]]) -> Callable:
-    """Zero the head ``heads[i]`` for row i, at every position."""
+def _head_edit(heads: list[tuple[int, int]], donor: dict[int, Tensor] | None = None) -> Callable:
+    """Zero the head ``heads[i]`` for row i at every position, or with `donor` (``z`` of
+    each head layer from another run of the same batch shape) patch in its value there."""
 
     def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
         hooks = []
@@ -157,9 +184,13 @@ def _head_edit(heads: list[tuple[int, int]]) -> Callable:
             sel = torch.tensor(idx)
             hs = torch.tensor([heads[i][1] for i in idx])
 
-            def fn(z: Tensor, _n: str, sel: Tensor = sel, hs: Tensor = hs) -> Tensor:
+            new = None if donor is None else donor[hl][sel, :, hs]
+
+            def fn(
+                z: Tensor, _n: str, sel: Tensor = sel, hs: Tensor = hs, new: Tensor | None = new
+            ) -> Tensor:
                 z = z.clone()
-                z[sel, :, hs] = 0
+                z[sel, :, hs] = 0 if new is None else new.to(z.dtype)
                 return z
 
             hooks.append((hook_name(hl, "attn.hook_z"), fn))
@@ -220,6 +251,8 @@ def verify_run(
             "delta_activation",
             "head_layer",
             "head",
+            "swap_position",
+            "swap_token_id",
         )
     }
     interventions: list[tuple[str, Callable | None]] = []
@@ -266,6 +299,36 @@ def verify_run(
         done += len(part)
         if on_progress is not None:
             on_progress(done, total)
+    swap_jobs = (
+        _source_swaps(
+            lm,
+            ex,
+            rows,
+            {k: v[1] for k, v in clean.items()},
+            ablated_pairs(pairs, cfg.top_heads),
+            cfg,
+        )
+        if cfg.head_ablations and cfg.source_swap
+        else []
+    )
+    total += len(swap_jobs)
+    for j in range(0, len(swap_jobs), cfg.batch_rows):
+        part_s = swap_jobs[j : j + cfg.batch_rows]
+        swapped = [r.tokens[:s] + [t] + r.tokens[s + 1 :] for r, _, (s, t) in part_s]
+        ids, mask = _pad(lm, swapped)
+        hls = sorted({h[0] for _, h, _ in part_s})
+        names = {hl: hook_name(hl, "attn.hook_z") for hl in hls}
+        _, donor = lm.run_with_cache(
+            ids, list(names.values()), attention_mask=mask, stop_after_layer=max(hls)
+        )
+        edit = _head_edit([h for _, h, _ in part_s], {hl: donor[n] for hl, n in names.items()})
+        lp2, act2 = _forward(lm, [r for r, _, _ in part_s], edit)
+        for i, (r, h, sw) in enumerate(part_s):
+            c_lp, c_act = clean[r.example_id]
+            _append(out, r, "head_source_swap", c_lp, lp2[i], c_act, float(act2[i]), h, sw)
+        done += len(part_s)
+        if on_progress is not None:
+            on_progress(done, total)
     effects = pa.table(
         {
             "example_id": pa.array(out["example_id"], pa.int64()),
@@ -278,6 +341,8 @@ def verify_run(
             "delta_activation": pa.array(out["delta_activation"], pa.float64()),
             "head_layer": pa.array(out["head_layer"], pa.int64()),
             "head": pa.array(out["head"], pa.int64()),
+            "swap_position": pa.array(out["swap_position"], pa.int64()),
+            "swap_token_id": pa.array(out["swap_token_id"], pa.int64()),
         }
     )
     order = pa.compute.sort_indices(
@@ -291,6 +356,92 @@ def verify_run(
     )
     effects = effects.take(order)
     return effects, ks_tests(effects, labels, pairs)
+
+
+def _most_read(
+    lm: LoadedModel, rows: list[_Row], layers: list[int], batch: int, min_attention: float
+) -> dict[int, dict[int, Tensor]]:
+    """Per example and head layer, the position each head reads from the prompt's last
+    token (``[n_heads]``): its most attended one, leaving out a leading BOS and the last
+    position itself, if it gets at least `min_attention`; -1 otherwise."""
+    names = {hl: hook_name(hl, "attn.hook_pattern") for hl in layers}
+    bos = lm.bos_token_id
+    out: dict[int, dict[int, Tensor]] = {}
+    for j in range(0, len(rows), batch):
+        part = rows[j : j + batch]
+        ids, mask = _pad(lm, [r.tokens for r in part])
+        _, cache = lm.run_with_cache(
+            ids, list(names.values()), attention_mask=mask, stop_after_layer=max(layers)
+        )
+        for i, r in enumerate(part):
+            p = len(r.tokens) - 1
+            first = 1 if bos is not None and r.tokens[0] == bos else 0
+            reads = {}
+            for hl, n in names.items():
+                pat = cache[n][i, :, p, first:p]  # [H, candidates]
+                if not pat.shape[-1]:
+                    reads[hl] = torch.full((pat.shape[0],), -1, dtype=torch.long)
+                    continue
+                top, at = pat.max(-1)
+                reads[hl] = torch.where(top >= min_attention, at + first, -1)
+            out[r.example_id] = reads
+    return out
+
+
+def _source_swaps(
+    lm: LoadedModel,
+    ex: pd.DataFrame,
+    rows: list[_Row],
+    acts: dict[int, float],
+    heads: list[tuple[int, int, int, int]],
+    cfg: VerifyConfig,
+) -> list[tuple[_Row, tuple[int, int], tuple[int, int]]]:
+    """(top prompt, head, (position, replacement token)) of every ``head_source_swap``:
+    the word the head reads on the prompt, replaced by the word it reads on one of the
+    neuron's contrast prompts that are silent as stored (`acts`: the clean activation of
+    every example; silent: at most ``swap_silent_fraction`` of the median over the top
+    prompts), taken in turn, skipping the same word."""
+    if "kind" not in ex or not heads:
+        return []
+    kind = dict(zip(ex.example_id.astype(int), ex.kind, strict=True))
+    tops: dict[tuple[int, int], list[_Row]] = {}
+    cons: dict[tuple[int, int], list[_Row]] = {}
+    for r in rows:
+        side = tops if kind[r.example_id] == "top" else cons
+        side.setdefault((r.layer, r.neuron), []).append(r)
+    for k, rs in cons.items():
+        if k in tops:
+            top_acts = [acts[r.example_id] for r in tops[k]]
+            limit = cfg.swap_silent_fraction * float(np.median(top_acts))
+            cons[k] = [r for r in rs if acts[r.example_id] <= limit]
+    heads = [h for h in heads if cons.get((h[0], h[1])) and tops.get((h[0], h[1]))]
+    if not heads:
+        return []
+    need = {(h[0], h[1]) for h in heads}
+    todo = [r for k in sorted(need) for r in sorted(tops[k] + cons[k], key=lambda r: r.example_id)]
+    reads = _most_read(
+        lm, todo, sorted({h[2] for h in heads}), cfg.batch_rows, cfg.swap_min_attention
+    )
+    jobs = []
+    for layer, neuron, hl, h in heads:
+        pool = []
+        for c in sorted(cons[(layer, neuron)], key=lambda r: r.example_id):
+            s = int(reads[c.example_id][hl][h])
+            if s >= 0:
+                pool.append(c.tokens[s])
+        if not pool:
+            continue
+        for i, r in enumerate(sorted(tops[(layer, neuron)], key=lambda r: r.example_id)):
+            s = int(reads[r.example_id][hl][h])
+            if s < 0:
+                continue
+            for k in range(len(pool)):
+                t = pool[(i + k) % len(pool)]
+                if t != r.tokens[s]:
+                    jobs.append((r, (hl, h), (s, t)))
+                    break
+    jobs.sort(key=lambda j: (len(j[0].tokens), j[0].example_id, j[1]))
+    return jobs
 
 
 def ablated_pairs(pairs: pa.Table, top_heads: int) -> list[tuple[int, int, int, int]]:
@@ -322,6 +473,7 @@ def _append(
     c_act: float,
     act: float,
     head: tuple[int, int] | None,
+    swap: tuple[int, int] | None = None,
 ) -> None:
     out["example_id"].append(r.example_id)
     out["layer"].append(r.layer)
@@ -333,6 +485,8 @@ def _append(
     out["delta_activation"].append(act - c_act)
     out["head_layer"].append(None if head is None else head[0])
     out["head"].append(None if head is None else head[1])
+    out["swap_position"].append(None if swap is None else swap[0])
+    out["swap_token_id"].append(None if swap is None else swap[1])
 
 
 def ks_tests(effects: pa.Table, labels: pa.Table, pairs: pa.Table) -> pa.Table:

@@ -97,6 +97,8 @@ class Lookup:
                     head_eff[key] = dict(
                         zip(g.example_id.astype(int), g.delta_logprob.astype(float), strict=True)
                     )
+            # neuron interventions, and head interventions other than the zero ablation
+            # (the source swap), listed per head in the neuron's effects table
             other = eff[eff.intervention != "head_zero_ablation"]
             for k, g in other.groupby(["layer", "neuron"], sort=False):
                 neuron_eff[(int(k[0]), int(k[1]))] = g
@@ -353,28 +355,55 @@ def _heads_table(lookup: Lookup, key: tuple[int, int], plan: ReportPlan, max_hea
     )
 
 
+def effect_groups(eff: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A neuron's effects rows per intervention, head interventions per head (their
+    label names it: ``head_source_swap L0H2``)."""
+    if "head" not in eff.columns or "head_layer" not in eff.columns:
+        return [(str(k), g) for k, g in eff.groupby("intervention", sort=True)]
+    head = eff["head"]
+    label = eff.intervention.astype(str).where(
+        head.isna(),
+        eff.intervention.astype(str)
+        + " L"
+        + eff.head_layer.fillna(-1).astype(int).astype(str)
+        + "H"
+        + head.fillna(-1).astype(int).astype(str),
+    )
+    return [(str(k), g) for k, g in eff.groupby(label, sort=True)]
+
+
 def _neuron_effects(lookup: Lookup, key: tuple[int, int]) -> Html:
     eff = lookup.neuron_effects.get(key)
     if eff is None or eff.empty:
         return note("No neuron interventions yet (the verify stage).")
     rows = []
-    for name, g in eff.groupby("intervention", sort=True):
+    for name, g in effect_groups(eff):
         row: list[object] = [str(name), len(g), float(g.delta_logprob.mean()), float(g.kl.mean())]
         for c in ("delta_prob", "delta_activation"):
             row.append(float(g[c].mean()) if c in g.columns else None)
         rows.append(row)
-    return table(
-        [
-            "intervention",
-            "prompts",
-            "mean \u0394log p",
-            "mean KL",
-            "mean \u0394p",
-            "mean \u0394activation",
-        ],
-        rows,
-        digits=4,
+    return Html(
+        table(
+            [
+                "intervention",
+                "prompts",
+                "mean \u0394log p",
+                "mean KL",
+                "mean \u0394p",
+                "mean \u0394activation",
+            ],
+            rows,
+            digits=4,
+        )
+        + note(SWAP_NOTE)
     )
+
+
+SWAP_NOTE = (
+    "head_source_swap LxHy (top prompts only): the word head LxHy reads is swapped for one "
+    "it reads on a contrast prompt where the neuron is silent, and only that head's output "
+    "from the swapped prompt is patched into the clean run."
+)
 
 
 # ----------------------------------------------------------------------- sections

@@ -30,7 +30,7 @@ from lookuplens.report.data import (
     plan_report,
     primary_scores,
 )
-from lookuplens.report.details import NO_HEAD, Lookup
+from lookuplens.report.details import NO_HEAD, Lookup, effect_groups
 from lookuplens.report.overview import e_histogram_section, overview_section
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.records import (
@@ -440,7 +440,7 @@ class RunData:
         if eff is None or eff.empty:
             return []
         rows = []
-        for name, g in eff.groupby("intervention", sort=True):
+        for name, g in effect_groups(eff):
             row: dict[str, object] = {
                 "intervention": str(name),
                 "prompts": len(g),

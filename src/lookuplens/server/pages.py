@@ -14,7 +14,7 @@ from string import Template
 from urllib.parse import urlencode
 
 from lookuplens.report.data import finite
-from lookuplens.report.details import NO_HEAD, explanations_block
+from lookuplens.report.details import NO_HEAD, SWAP_NOTE, explanations_block
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import token_label
 from lookuplens.server.data import NEURON_SORTS, PAIR_SORTS, RunData
@@ -338,10 +338,20 @@ def _effects_table(effects: list[dict[str, object]]) -> Html:
         ]
         for e in effects
     ]
-    return table(
-        ["intervention", "prompts", "mean \u0394log p", "mean KL", "mean \u0394p", "mean \u0394a"],
-        rows,
-        digits=4,
+    return Html(
+        table(
+            [
+                "intervention",
+                "prompts",
+                "mean \u0394log p",
+                "mean KL",
+                "mean \u0394p",
+                "mean \u0394a",
+            ],
+            rows,
+            digits=4,
+        )
+        + note(SWAP_NOTE)
     )
 
 
