@@ -14,18 +14,17 @@ position (the prompt's last token) on the neuron's target token:
   every example, and that is the head a user most needs checked.
 - ``head_source_swap`` of the same heads, on the neuron's top prompts only: a
   counterfactual patch. The word the head reads (its most attended position from the
-  firing position, the beginning-of-sequence token and the firing token itself left out,
-  when it gets at least ``swap_min_attention``)
-  is replaced by a word the same head reads on one of the neuron's contrast prompts
-  (prompts ending on the same token where the neuron is silent, as stored; taken in
-  turn), the
-  swapped prompt is run, and the head's output from that run is patched into the clean
-  run at every position. Zero ablation asks what the neuron does with the head silent, a
-  state the model never sees; the swap asks what it does when the head reads what it
-  reads when the neuron stays off (the resample ablation recommended over zeroing for
-  causal claims). ``swap_position`` (index in the prompt's tokens) and
-  ``swap_token_id`` (the replacement) say what was swapped; needs contrast prompts (none
-  under ``--preset paper``), otherwise no rows.
+  firing position, BOS and the firing token itself left out, if it gets at least
+  ``swap_min_attention``) is replaced by a word the same head reads on one of the
+  neuron's contrast prompts (prompts ending on the same token where the neuron is
+  silent, as stored; taken in turn), the swapped prompt is run, and the head's output
+  from that run is patched into the clean run at every position. Zero ablation asks what
+  the neuron does with the head silent, a state the model never sees; the swap asks what
+  it does when the head reads what it reads when the neuron stays off (a resample
+  ablation of the head's input word, the kind recommended over zeroing for causal
+  claims). ``swap_position`` (index in the prompt's tokens) and ``swap_token_id`` (the
+  replacement) say what was swapped. Needs contrast prompts (none under ``--preset
+  paper``); without them there are no such rows.
 
 ``delta_logprob`` is log p(token) after minus before; ``kl`` is KL(clean || intervened)
 of the next-token distribution; ``delta_prob`` and ``delta_activation`` (the neuron's
