@@ -248,3 +248,21 @@ def test_killed_scan_resumes_to_identical_tables(
 def test_bound_native_heap_applies_on_glibc() -> None:
     assert bound_native_heap() is True
     assert bound_native_heap(4 << 20) is True  # idempotent, any threshold
+
+
+def test_neuron_activation_at_equals_the_native_mlp(
+    tiny_dirs: dict[str, Path], family: str
+) -> None:
+    """The trimming's shortcut (stop where the MLP reads the stream, compute only the wanted
+    neurons at the last positions) gives the native MLP's value, for every family (gated
+    MLPs, parallel residual)."""
+    lm = load_model(tiny_dirs[family], device="cpu")
+    rng = np.random.default_rng(0)
+    vocab = lm.tokenizer.vocab_size
+    prompts = [rng.integers(1, min(vocab, 500), size=int(n)).tolist() for n in (3, 9, 5, 12, 1, 7)]
+    neurons = [(int(i % lm.n_layers), int(rng.integers(lm.d_mlp))) for i in range(len(prompts))]
+    got = neuron_activation_at(lm, prompts, neurons, batch_tokens=20)
+    for toks, (layer, n), g in zip(prompts, neurons, got, strict=True):
+        _, cache = lm.run_with_cache(torch.tensor([toks]), [hook_name(layer, "mlp.hook_post")])
+        want = float(cache[hook_name(layer, "mlp.hook_post")][0, -1, n])
+        assert g == pytest.approx(want, abs=1e-5), (family, layer, n)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lookuplens.corpus import CorpusSpec, iter_tokenized
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,26 @@ def neuron_activation_at(
 ) -> np.ndarray:
     """The activation of ``neurons[i]`` at the last token of ``prompts[i]``, for every i.
 
-    Prompts are right-padded into batches; one forward per batch stops after the last
-    layer needed.
+    Prompts are grouped by the neuron's layer and right-padded into batches; each forward
+    stops where that layer's MLP reads the residual stream, and only the wanted neurons
+    are computed there, at the last positions (the layer's own MLP is never run).
     """
+    from lookuplens.attribute import _neuron_act, mlp_stream_point
+
     out = np.empty(len(prompts), dtype=np.float64)
-    order = np.argsort([len(p) for p in prompts], kind="stable")
+    layer_of = [int(n[0]) for n in neurons]
+    order = np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
     pad = lm.tokenizer.pad_token_id
     pad = pad if pad is not None else (lm.bos_token_id or 0)
     start = 0
     while start < len(order):
-        width = len(prompts[order[start]])
+        layer = layer_of[order[start]]
         stop = start + 1
-        while stop < len(order) and len(prompts[order[stop]]) * (stop - start + 1) <= batch_tokens:
+        while (
+            stop < len(order)
+            and layer_of[order[stop]] == layer
+            and len(prompts[order[stop]]) * (stop - start + 1) <= batch_tokens
+        ):
             stop += 1
         rows = order[start:stop]
         width = max(len(prompts[r]) for r in rows)
@@ -108,28 +116,17 @@ def neuron_activation_at(
             ids[i, : len(prompts[r])] = torch.tensor(prompts[r])
             mask[i, : len(prompts[r])] = 1
         last = torch.tensor([len(prompts[r]) - 1 for r in rows])
-        layers = np.array([neurons[r][0] for r in rows])
-        cols = torch.tensor([neurons[r][1] for r in rows])
-        got = torch.empty(len(rows), dtype=torch.float64)
-        hooks = []
-        for layer in sorted(set(layers.tolist())):
-            sel = torch.from_numpy(np.flatnonzero(layers == layer))
+        cols = torch.tensor([int(neurons[r][1]) for r in rows])
+        point = mlp_stream_point(lm, layer)
+        got: dict[str, Tensor] = {}
 
-            def grab(
-                x: Tensor,
-                _n: str,
-                sel: Tensor = sel,
-                got: Tensor = got,
-                last: Tensor = last,
-                cols: Tensor = cols,
-            ) -> None:
-                got[sel] = x[sel, last[sel], cols[sel]].double().cpu()
+        def grab(x: Tensor, _n: str, got: dict[str, Tensor] = got, last: Tensor = last) -> None:
+            got["x"] = x[torch.arange(len(last)), last]
 
-            hooks.append((hook_name(layer, "mlp.hook_post"), grab))
-        lm.run_with_cache(
-            ids, [], attention_mask=mask, stop_after_layer=int(layers.max()), extra_hooks=hooks
-        )
-        out[rows] = got.numpy()
+        lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=[(point, grab)], stop_at=point)
+        with torch.no_grad():
+            x = lm.mlp_norm(layer)(got["x"])
+            out[rows] = _neuron_act(lm, layer, x, cols.to(x.device)).double().cpu().numpy()
         start = stop
     return out
 

@@ -418,11 +418,14 @@ class LoadedModel:
         stop_after_layer: int | None = None,
         extra_hooks: Sequence[tuple[str, HookFn]] = (),
         grad: bool = False,
+        stop_at: str | None = None,
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Run the model and capture the named activations.
 
         With `stop_after_layer`, the forward ends after that decoder layer: later layers,
         the final norm and the LM head are never computed, and the logits are ``None``.
+        With `stop_at` (a hook point), it ends as soon as that point's hooks have run
+        (logits ``None``), e.g. before an MLP whose output is not needed.
         `extra_hooks` (interventions) run before the captures on the same point.
         """
         self.check_length(input_ids)
@@ -431,8 +434,13 @@ class LoadedModel:
         def capture(x: Tensor, name: str) -> None:
             cache[name] = x if grad else x.detach()
 
+        def halt(_x: Tensor, _name: str) -> None:
+            raise _StopForward
+
         hooks_list: list[tuple[str, HookFn]] = list(extra_hooks)
         hooks_list += [(n, capture) for n in names]
+        if stop_at is not None:
+            hooks_list.append((stop_at, halt))
         if stop_after_layer is not None:
             self.layer(stop_after_layer)  # validates the index
             handle_layer = stop_after_layer
