@@ -372,16 +372,37 @@ def effect_groups(eff: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(str(k), g) for k, g in eff.groupby(label, sort=True)]
 
 
-def _neuron_effects(lookup: Lookup, key: tuple[int, int]) -> Html:
-    eff = lookup.neuron_effects.get(key)
+def effect_summary(eff: pd.DataFrame | None) -> list[dict[str, object]]:
+    """Mean effect of each intervention on one neuron (see `effect_groups`), one dict per
+    row of the report's and the dashboard's intervention table."""
     if eff is None or eff.empty:
-        return note("No neuron interventions yet (the verify stage).")
-    rows = []
+        return []
+    rows: list[dict[str, object]] = []
     for name, g in effect_groups(eff):
-        row: list[object] = [str(name), len(g), float(g.delta_logprob.mean()), float(g.kl.mean())]
+        row: dict[str, object] = {
+            "intervention": name,
+            "prompts": len(g),
+            "mean_delta_logprob": float(g.delta_logprob.mean()),
+            "mean_kl": float(g.kl.mean()),
+        }
         for c in ("delta_prob", "delta_activation"):
-            row.append(float(g[c].mean()) if c in g.columns else None)
+            row[f"mean_{c}"] = float(g[c].mean()) if c in g.columns else None
         rows.append(row)
+    return rows
+
+
+def effects_table(rows: Sequence[Mapping[str, object]]) -> Html:
+    """The intervention table of `effect_summary` rows (report and dashboard)."""
+    if not rows:
+        return note("No interventions on the neuron yet (the verify stage).")
+    keys = (
+        "intervention",
+        "prompts",
+        "mean_delta_logprob",
+        "mean_kl",
+        "mean_delta_prob",
+        "mean_delta_activation",
+    )
     return Html(
         table(
             [
@@ -392,7 +413,7 @@ def _neuron_effects(lookup: Lookup, key: tuple[int, int]) -> Html:
                 "mean \u0394p",
                 "mean \u0394activation",
             ],
-            rows,
+            [[r[k] for k in keys] for r in rows],
             digits=4,
         )
         + note(SWAP_NOTE)
@@ -493,7 +514,7 @@ def neuron_section(
     parts.append("<h4>Upstream heads</h4>")
     parts.append(_heads_table(lookup, p.key, plan, max_heads))
     parts.append("<h4>Interventions on the neuron</h4>")
-    parts.append(_neuron_effects(lookup, p.key))
+    parts.append(effects_table(effect_summary(lookup.neuron_effects.get(p.key))))
     parts.append(explanations_block(lookup, (*p.key, NO_HEAD, NO_HEAD), plan.primary_scores))
     parts.append("</section>")
     return Html("".join(parts))

@@ -30,7 +30,7 @@ from lookuplens.report.data import (
     plan_report,
     primary_scores,
 )
-from lookuplens.report.details import NO_HEAD, Lookup, effect_groups
+from lookuplens.report.details import NO_HEAD, Lookup, effect_summary
 from lookuplens.report.overview import e_histogram_section, overview_section
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.records import (
@@ -436,21 +436,8 @@ class RunData:
 
     def neuron_effects(self, layer: int, neuron: int) -> list[dict[str, object]]:
         """Mean effect of each intervention on the neuron (the verify stage)."""
-        eff = self.lookup.neuron_effects.get((layer, neuron))
-        if eff is None or eff.empty:
-            return []
-        rows = []
-        for name, g in effect_groups(eff):
-            row: dict[str, object] = {
-                "intervention": str(name),
-                "prompts": len(g),
-                "mean_delta_logprob": float(g.delta_logprob.mean()),
-                "mean_kl": float(g.kl.mean()),
-            }
-            for c in ("delta_prob", "delta_activation"):
-                row[f"mean_{c}"] = float(g[c].mean()) if c in g.columns else None
-            rows.append(jsonable(row))
-        return rows  # type: ignore[return-value]
+        rows = effect_summary(self.lookup.neuron_effects.get((layer, neuron)))
+        return [jsonable(r) for r in rows]  # type: ignore[misc]
 
     def _explained(self, key: PairKey) -> dict[str, object]:
         return {

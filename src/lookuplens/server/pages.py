@@ -14,7 +14,7 @@ from string import Template
 from urllib.parse import urlencode
 
 from lookuplens.report.data import finite
-from lookuplens.report.details import NO_HEAD, SWAP_NOTE, explanations_block
+from lookuplens.report.details import NO_HEAD, effects_table, explanations_block
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import token_label
 from lookuplens.server.data import NEURON_SORTS, PAIR_SORTS, RunData
@@ -324,37 +324,6 @@ def _heads_table(data: RunData, layer: int, neuron: int, detail: Mapping[str, ob
     )
 
 
-def _effects_table(effects: list[dict[str, object]]) -> Html:
-    if not effects:
-        return note("No interventions on the neuron yet (the verify stage).")
-    rows = [
-        [
-            e["intervention"],
-            e["prompts"],
-            e["mean_delta_logprob"],
-            e["mean_kl"],
-            e["mean_delta_prob"],
-            e["mean_delta_activation"],
-        ]
-        for e in effects
-    ]
-    return Html(
-        table(
-            [
-                "intervention",
-                "prompts",
-                "mean \u0394log p",
-                "mean KL",
-                "mean \u0394p",
-                "mean \u0394a",
-            ],
-            rows,
-            digits=4,
-        )
-        + note(SWAP_NOTE)
-    )
-
-
 def _example_meta(ex: Mapping[str, object]) -> str:
     parts = []
     if ex.get("kind") == "contrast":
@@ -450,7 +419,7 @@ def neuron_page(data: RunData, layer: int, neuron: int) -> str:
     body.append(_heads_table(data, layer, neuron, d))
     body.append("</section>")
     body.append('<section class="card"><h2>Interventions on the neuron</h2>')
-    body.append(_effects_table(d["effects"]))  # type: ignore[arg-type]
+    body.append(effects_table(d["effects"]))  # type: ignore[arg-type]
     expl = explanations_block(data.lookup, (layer, neuron, NO_HEAD, NO_HEAD), data.primary)
     if expl:
         body.append("<h2>Explanation of the neuron</h2>" + expl)
