@@ -27,28 +27,47 @@ def lm(tiny_dirs: dict[str, Path]) -> LoadedModel:
     return load_model(tiny_dirs["gpt2"], device="cpu")
 
 
-def tables(lm: LoadedModel) -> tuple[pa.Table, ...]:
-    prompts = [lm.to_tokens(t)[0].tolist() for t in TEXTS]
-    examples = pa.table(
-        {"example_id": [0, 1, 2], "layer": [0, 0, 0], "neuron": [4, 4, 4], "tokens": prompts}
+def tables(
+    lm: LoadedModel,
+    prompts: list[list[int]] | None = None,
+    neuron: int = 4,
+    active: list[bool] | None = None,
+    kinds: list[str] | None = None,
+) -> tuple[pa.Table, ...]:
+    """The tables verify reads, for `prompts` (default: TEXTS) of one layer-0 neuron whose
+    token is id 17, and one kept pair with head L0H1 (`active` per prompt)."""
+    if prompts is None:
+        prompts = [lm.to_tokens(t)[0].tolist() for t in TEXTS]
+    k = len(prompts)
+    active = [True, False, True] if active is None else active
+    columns: dict[str, list[object]] = {
+        "example_id": list(range(k)),
+        "layer": [0] * k,
+        "neuron": [neuron] * k,
+        "tokens": list(prompts),
+    }
+    if kinds is not None:
+        columns["kind"] = list(kinds)
+    examples = pa.table(columns)
+    neurons = pa.table(
+        {"layer": [0], "neuron": [neuron], "token_id": [17], "target_token_id": [17]}
     )
-    neurons = pa.table({"layer": [0], "neuron": [4], "token_id": [17], "target_token_id": [17]})
-    stats = pa.table({"layer": [0], "neuron": [4], "act_mean": [0.25]})
+    stats = pa.table({"layer": [0], "neuron": [neuron], "act_mean": [0.25]})
     labels = pa.table(
         {
-            "example_id": [0, 1, 2],
-            "layer": [0] * 3,
-            "neuron": [4] * 3,
-            "head_layer": [0] * 3,
-            "head": [1] * 3,
-            "active": [True, False, True],
-            "split": ["train"] * 3,
+            "example_id": list(range(k)),
+            "layer": [0] * k,
+            "neuron": [neuron] * k,
+            "head_layer": [0] * k,
+            "head": [1] * k,
+            "active": active,
+            "split": ["train"] * k,
         }
     )
     pairs = pa.table(
         {
             "layer": [0],
-            "neuron": [4],
+            "neuron": [neuron],
             "head_layer": [0],
             "head": [1],
             "kept": [True],
@@ -233,36 +252,8 @@ def test_source_swap_matches_hand_computation(lm: LoadedModel) -> None:
     n = int(torch.argmax(med))
     # every contrast counts as silent: the share of the top median that their largest reaches
     share = float(acts_t[3:, n].max() / med[n]) + 1e-3
-    k = len(prompts)
-    examples = pa.table(
-        {
-            "example_id": list(range(k)),
-            "layer": [0] * k,
-            "neuron": [n] * k,
-            "tokens": prompts,
-            "kind": ["top"] * 3 + ["contrast"] * 3,
-        }
-    )
-    neurons = pa.table({"layer": [0], "neuron": [n], "token_id": [17], "target_token_id": [17]})
-    stats = pa.table({"layer": [0], "neuron": [n], "act_mean": [0.0]})
-    labels = pa.table(
-        {
-            "example_id": list(range(k)),
-            "head_layer": [0] * k,
-            "head": [1] * k,
-            "active": [True, False] * 3,
-        }
-    )
-    pairs = pa.table(
-        {
-            "layer": [0],
-            "neuron": [n],
-            "head_layer": [0],
-            "head": [1],
-            "kept": [True],
-            "ks_stat": [float("nan")],
-            "ks_pvalue": [float("nan")],
-        }
+    examples, neurons, stats, labels, pairs = tables(
+        lm, prompts, n, active=[True, False] * 3, kinds=["top"] * 3 + ["contrast"] * 3
     )
     cfg = VerifyConfig(
         neuron_interventions=False, batch_rows=4, swap_silent_fraction=share, swap_min_attention=0

@@ -242,7 +242,7 @@ def _pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def _neuron_act(lm: LoadedModel, layer: int, x_normed_pre: Tensor, neurons: Tensor) -> Tensor:
+def neuron_act(lm: LoadedModel, layer: int, x_normed_pre: Tensor, neurons: Tensor) -> Tensor:
     """Post-activation of `neurons[i]` given the MLP norm's output rows ``[n, d]``."""
     w_in = lm.W_in(layer)[neurons]  # [n, d]
     pre = (x_normed_pre * w_in).sum(-1)
@@ -327,7 +327,7 @@ class Attributor:
             for l_ in ups:
                 result = torch.einsum("bhd,hdm->bhm", z_last[l_].to(lm.dtype), lm.W_O(l_))
                 x_abl = x[:, None, :] - result  # [B, H, d]
-                a = _neuron_act(
+                a = neuron_act(
                     lm, L, norm(x_abl.reshape(B * H, -1)), b.neurons.repeat_interleave(H)
                 )
                 vals.append(post[:, None] - a.double().reshape(B, H))

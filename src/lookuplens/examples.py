@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from lookuplens.attribute import mlp_stream_point, neuron_act
 from lookuplens.corpus import CorpusSpec, iter_tokenized
 from lookuplens.model import LoadedModel
 
@@ -91,8 +92,6 @@ def neuron_activation_at(
     stops where that layer's MLP reads the residual stream, and only the wanted neurons
     are computed there, at the last positions (the layer's own MLP is never run).
     """
-    from lookuplens.attribute import _neuron_act, mlp_stream_point
-
     out = np.empty(len(prompts), dtype=np.float64)
     layer_of = [int(n[0]) for n in neurons]
     order = np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
@@ -126,7 +125,7 @@ def neuron_activation_at(
         lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=[(point, grab)], stop_at=point)
         with torch.no_grad():
             x = lm.mlp_norm(layer)(got["x"])
-            out[rows] = _neuron_act(lm, layer, x, cols.to(x.device)).double().cpu().numpy()
+            out[rows] = neuron_act(lm, layer, x, cols.to(x.device)).double().cpu().numpy()
         start = stop
     return out
 
