@@ -96,3 +96,25 @@ def test_usage_errors_exit_2_without_traceback(args: tuple[str, ...], needle: st
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     res = cli("--debug", "inspect", "--model", str(tmp_path / "nothing"))
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("",), "prompt is empty"),
+        (("An owl", "--position", "40"), "out of range"),
+        (("An owl", "--target", " xylophonequux"), "not a single token"),
+        (("owl " * 100,), "context window"),
+        (("An owl", "--ablate-until", "1.5"), "ablate_until must be between 0 and 1"),
+    ],
+)
+def test_why_bad_input_is_one_line_exit_2(
+    args: tuple[str, ...], needle: str, tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    page = tmp_path / "why.html"
+    res = cli("why", "--model", str(tiny_dirs["gpt2"]), "--html", str(page), *args)
+    assert res.returncode == 2, res.stderr
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error:"), res.stderr
+    assert needle in err[0] and "Traceback" not in res.stderr
+    assert not page.exists()

@@ -37,6 +37,58 @@ def test_contributions_sum_to_the_logit(lm: LoadedModel, contrast: str | None) -
     assert "<script" not in page and r.neurons[0].name in page
 
 
+def _p_with_zeroed(lm: LoadedModel, prompt: str, target_id: int, neurons: list) -> float:  # type: ignore[type-arg]
+    """p(target) at the last position with the given (layer, neuron) zeroed, by hand."""
+    import torch
+
+    from lookuplens.model import hook_name
+
+    def zero(cols: list[int]):  # type: ignore[no-untyped-def]
+        def fn(x, _n):  # type: ignore[no-untyped-def]
+            x = x.clone()
+            x[..., cols] = 0
+            return x
+
+        return fn
+
+    by: dict[int, list[int]] = {}
+    for layer, n in neurons:
+        by.setdefault(layer, []).append(n)
+    hooks = [(hook_name(layer, "mlp.hook_post"), zero(c)) for layer, c in by.items()]
+    logits, _ = lm.run_with_cache(lm.to_tokens(prompt), [], extra_hooks=hooks)
+    assert logits is not None
+    return float(torch.softmax(logits[0, -1].double(), -1)[target_id])
+
+
+@pytest.mark.parametrize("until", [0.999, 1e-9])
+def test_causal_check_names_the_fewest_ranked_neurons_that_reach_the_goal(
+    lm: LoadedModel, until: float
+) -> None:
+    prompt = "An owl sat on the"
+    cfg = WhyConfig(ablate_until=until, max_ablated=16, control_draws=2)
+    r = explain_prediction(lm, prompt, cfg)
+    goal = until * r.prob
+    ks = [c.k for c in r.curve]
+    assert ks == sorted(set(ks)) and ks[0] == 1 and max(ks) <= 16
+    by_k = {c.k: c.prob for c in r.curve}
+    # each curve point is p with the first k neurons of the ranking zeroed: recompute two
+    wide = explain_prediction(lm, prompt, WhyConfig(top_neurons=16, control_draws=0))
+    ranked = [(n.layer, n.neuron) for n in wide.neurons]
+    for k in (ks[0], ks[-1]):
+        assert by_k[k] == pytest.approx(_p_with_zeroed(lm, prompt, r.target_id, ranked[:k]))
+    checks = {a.what.split(" (")[0]: a for a in r.ablations}
+    if r.carrying:  # the fewest: the prefix one shorter was measured and misses the goal
+        k = len(r.carrying)
+        assert [(n.layer, n.neuron) for n in r.carrying] == ranked[:k]
+        assert by_k[k] <= goal and (k == 1 or by_k[k - 1] > goal)
+        assert checks[f"the top {k} ranked neurons zeroed"].prob_after == by_k[k]
+        control = [a for a in r.ablations if a.what.startswith(f"control: {k} random")]
+        assert len(control) == 1 and 0 <= control[0].prob_after <= 1
+    else:  # no prefix up to max_ablated gets there, and the result says so
+        assert until == 1e-9 and all(pr > goal for pr in by_k.values())
+        assert "not even these" in checks["the top 16 ranked neurons zeroed"].what
+
+
 def test_default_target_is_the_top_prediction(lm: LoadedModel) -> None:
     r = explain_prediction(lm, "An owl sat on the", WhyConfig())
     assert r.target == r.top_prediction

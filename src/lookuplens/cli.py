@@ -556,6 +556,16 @@ def why(
     ] = -1,
     top_neurons: Annotated[int, typer.Option(help="Neurons shown.")] = 5,
     top_heads: Annotated[int, typer.Option(help="Heads shown per neuron.")] = 3,
+    ablate_until: Annotated[
+        float,
+        typer.Option(
+            help="The causal check zeroes the ranked neurons, best first, until p(target) is "
+            "at most this share of its value (0.5: halved)."
+        ),
+    ] = 0.5,
+    max_ablated: Annotated[
+        int, typer.Option(help="At most this many ranked neurons zeroed in that check.")
+    ] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for tools.")] = False,
     html: Annotated[str, typer.Option(help="Also write a small HTML page to this file.")] = "",
     device: DeviceOpt = "auto",
@@ -574,6 +584,8 @@ def why(
             position=position,
             top_neurons=top_neurons,
             top_heads=top_heads,
+            ablate_until=ablate_until,
+            max_ablated=max_ablated,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -622,6 +634,16 @@ def _print_why(r: Any) -> None:
         root.add(
             f"[yellow]causal check[/]: {a.what}: p({r.target!r}) {a.prob_before:.3f} -> "
             f"{a.prob_after:.3f}; top prediction {a.top_before!r} -> {a.top_after!r}"
+        )
+    if r.curve:
+        root.add(
+            f"p({r.target!r}) with the top k ranked neurons zeroed: "
+            + ", ".join(f"k={c.k} {c.prob:.3f}" for c in r.curve)
+        )
+    if r.carrying:
+        root.add(
+            f"the {len(r.carrying)} neurons that carry it: "
+            + ", ".join(f"{n.name} ({n.top_token!r}, {n.contribution:+.2f})" for n in r.carrying)
         )
     Console().print(root, highlight=False)
 

@@ -7,9 +7,13 @@ unembedding), every attention head, the attention and MLP biases, the embeddings
 constant; they sum to the logit. The top neurons' activations are then attributed to
 upstream heads with the attribute stage's `direct` method and zero ablation (the same
 code, `lookuplens.attribute.Attributor`), each top head's attention from the position
-shows which earlier tokens it looks up, and ablations check the story causally: the top
-neurons zeroed, the top heads zeroed, and the change in p(target) and in the top
-prediction.
+shows which earlier tokens it looks up, and ablations check the story causally, each
+reporting the change in p(target) and in the top prediction: the shown neurons zeroed;
+the ranked neurons zeroed best first until p(target) falls to a given share of its value
+(by default half), which names the fewest of them that carry the prediction (a model can
+spread a prediction over many neurons and repair the loss of a few downstream, so the top
+five alone need not move it); as many neurons drawn at random from the same layers,
+zeroed as a control; and the shown neurons' top heads zeroed.
 """
 
 from __future__ import annotations
@@ -41,10 +45,24 @@ class WhyConfig:
     """Heads shown under each neuron, and ablated in the causal check."""
     top_sources: int = 3
     """Attended tokens shown per head."""
+    ablate_until: float = 0.5
+    """The causal check zeroes the ranked neurons, best first, until p(target) is at most
+    this share of its value; the fewest that get there are the neurons it names."""
+    max_ablated: int = 64
+    """Give up (and say so) when this many ranked neurons do not get there."""
+    control_draws: int = 5
+    """Random same-layer neuron sets zeroed as the control (their mean p is shown)."""
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.top_neurons, self.top_heads, self.top_sources) < 1:
-            raise ValueError("top_neurons, top_heads and top_sources must be at least 1")
+        if min(self.top_neurons, self.top_heads, self.top_sources, self.max_ablated) < 1:
+            raise ValueError(
+                "top_neurons, top_heads, top_sources and max_ablated must be at least 1"
+            )
+        if not 0 < self.ablate_until < 1:
+            raise ValueError("ablate_until must be between 0 and 1 (0.5: until p is halved)")
+        if self.control_draws < 0:
+            raise ValueError("control_draws must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -82,12 +100,35 @@ class NeuronFinding:
 
 
 @dataclass(frozen=True)
+class RankedNeuron:
+    """A neuron of the ranking that the causal check zeroed."""
+
+    layer: int
+    neuron: int
+    contribution: float
+    top_token: str
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}N{self.neuron}"
+
+
+@dataclass(frozen=True)
 class Ablation:
     what: str
     prob_before: float
     prob_after: float
     top_before: str
     top_after: str
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """p(target) with the first `k` ranked neurons zeroed."""
+
+    k: int
+    prob: float
+    top: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +149,11 @@ class WhyResult:
     neuron_total: float
     neurons: list[NeuronFinding]
     ablations: list[Ablation] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)
+    """The prefixes of the ranking the causal check zeroed, by k."""
+    carrying: list[RankedNeuron] = field(default_factory=list)
+    """The fewest ranked neurons whose zeroing brings p(target) to `ablate_until` of its
+    value; empty when `max_ablated` of them do not."""
 
     def to_dict(self) -> dict[str, object]:
         import dataclasses
@@ -199,7 +245,8 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         terms["constant"] -= float(b_u[contrast_id])
     allc = torch.stack(neuron_contrib)  # [L, d_mlp]
     flat = allc.flatten()
-    order = torch.argsort(flat, descending=True)[: cfg.top_neurons]
+    ranking = torch.argsort(flat, descending=True)
+    order = ranking[: cfg.top_neurons]
     logit = float(logits[0, p, target_id])
     if contrast_id is not None:
         logit -= float(logits[0, p, contrast_id])
@@ -265,7 +312,7 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         neuron_total=float(allc.sum()),
         neurons=neurons,
     )
-    return _with_ablations(lm, ids, p, result)
+    return _with_ablations(lm, ids, p, result, ranking, flat, cfg)
 
 
 def _top_token(lm: LoadedModel, layer: int, n: int) -> str:
@@ -275,19 +322,14 @@ def _top_token(lm: LoadedModel, layer: int, n: int) -> str:
     return lm.token_str(int(c.argmax()))
 
 
-def _with_ablations(lm: LoadedModel, ids: Tensor, p: int, r: WhyResult) -> WhyResult:
-    def run(hooks: list) -> tuple[float, str]:  # type: ignore[type-arg]
-        logits, _ = lm.run_with_cache(ids, [], extra_hooks=hooks)
-        assert logits is not None
-        probs = torch.softmax(logits[0, p].double(), -1)
-        return float(probs[r.target_id]), lm.token_str(int(probs.argmax()))
-
-    before, top_before = run([])
+def _zero_neurons_hooks(lm: LoadedModel, flat_ids: list[int]) -> list:  # type: ignore[type-arg]
+    """Hooks zeroing the given neurons (indices into the flattened [layer, d_mlp] grid)."""
     by_layer: dict[int, list[int]] = {}
-    for nf in r.neurons:
-        by_layer.setdefault(nf.layer, []).append(nf.neuron)
+    for i in flat_ids:
+        layer, n = divmod(i, lm.d_mlp)
+        by_layer.setdefault(layer, []).append(n)
 
-    def zero_neurons(cols: list[int]):  # type: ignore[no-untyped-def]
+    def zero(cols: list[int]):  # type: ignore[no-untyped-def]
         def fn(x: Tensor, _n: str) -> Tensor:
             x = x.clone()
             x[..., cols] = 0
@@ -295,7 +337,117 @@ def _with_ablations(lm: LoadedModel, ids: Tensor, p: int, r: WhyResult) -> WhyRe
 
         return fn
 
-    neuron_hooks = [(hook_name(l_, "mlp.hook_post"), zero_neurons(c)) for l_, c in by_layer.items()]
+    return [(hook_name(l_, "mlp.hook_post"), zero(c)) for l_, c in sorted(by_layer.items())]
+
+
+def _with_ablations(
+    lm: LoadedModel,
+    ids: Tensor,
+    p: int,
+    r: WhyResult,
+    ranking: Tensor,
+    flat: Tensor,
+    cfg: WhyConfig,
+) -> WhyResult:
+    def run(hooks: list) -> tuple[float, str]:  # type: ignore[type-arg]
+        logits, _ = lm.run_with_cache(ids, [], extra_hooks=hooks)
+        assert logits is not None
+        probs = torch.softmax(logits[0, p].double(), -1)
+        return float(probs[r.target_id]), lm.token_str(int(probs.argmax()))
+
+    before, top_before = run([])
+    out = []
+    shown = [nf.layer * lm.d_mlp + nf.neuron for nf in r.neurons]
+    after, top_after = run(_zero_neurons_hooks(lm, shown))
+    out.append(
+        Ablation(f"the {len(shown)} shown neurons zeroed", before, after, top_before, top_after)
+    )
+
+    # the ranked neurons zeroed best first: doubling k, then bisection between the last
+    # prefix that misses the goal and the first that reaches it; every point is measured
+    ranked = ranking[: cfg.max_ablated].tolist()
+    goal = cfg.ablate_until * before
+    curve: dict[int, tuple[float, str]] = {len(shown): (after, top_after)}
+
+    def at(k: int) -> tuple[float, str]:
+        if k not in curve:
+            curve[k] = run(_zero_neurons_hooks(lm, ranked[:k]))
+        return curve[k]
+
+    lo, hi, k = 0, None, 1
+    while True:
+        if at(k)[0] <= goal:
+            hi = k
+            break
+        lo = k
+        if k >= len(ranked):
+            break
+        k = min(2 * k, len(ranked))
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if at(mid)[0] <= goal:
+                hi = mid
+            else:
+                lo = mid
+    n_zeroed = hi if hi is not None else len(ranked)
+    carrying = (
+        [
+            RankedNeuron(
+                i // lm.d_mlp, i % lm.d_mlp, float(flat[i]), _top_token(lm, *divmod(i, lm.d_mlp))
+            )
+            for i in ranked[:n_zeroed]
+        ]
+        if hi is not None
+        else []
+    )
+    goal_txt = (
+        "halve p" if cfg.ablate_until == 0.5 else f"bring p to {cfg.ablate_until:g} of its value"
+    )
+    what = (
+        f"the top {n_zeroed} ranked neurons zeroed (the fewest that {goal_txt})"
+        if hi is not None
+        else f"the top {n_zeroed} ranked neurons zeroed (not even these {goal_txt})"
+    )
+    p_k, top_k = at(n_zeroed)
+    out.append(Ablation(what, before, p_k, top_before, top_k))
+
+    # control: as many neurons from the same layers, drawn at random outside the ranked set
+    if cfg.control_draws:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        per_layer: dict[int, int] = {}
+        for i in ranked[:n_zeroed]:
+            per_layer[i // lm.d_mlp] = per_layer.get(i // lm.d_mlp, 0) + 1
+        excluded = set(ranked[:n_zeroed])
+        pools = {
+            layer: torch.tensor(
+                [i for i in range(layer * lm.d_mlp, (layer + 1) * lm.d_mlp) if i not in excluded]
+            )
+            for layer in per_layer
+        }
+        probs, tops = [], []
+        n_drawn = 0
+        for _ in range(cfg.control_draws):
+            draw: list[int] = []
+            for layer, count in per_layer.items():  # without replacement; all if too few
+                pool = pools[layer]
+                pick = torch.randperm(len(pool), generator=gen)[:count]
+                draw += pool[pick].tolist()
+            n_drawn = len(draw)
+            pr, tp = run(_zero_neurons_hooks(lm, draw))
+            probs.append(pr)
+            tops.append(tp)
+        out.append(
+            Ablation(
+                f"control: {n_drawn} random neurons from the same layers zeroed "
+                f"(mean of {cfg.control_draws} draws)",
+                before,
+                float(np.mean(probs)),
+                top_before,
+                max(set(tops), key=tops.count),
+            )
+        )
+
     heads = sorted({(h.layer, h.head) for nf in r.neurons for h in nf.heads})
     head_layers: dict[int, list[int]] = {}
     for hl, h in heads:
@@ -310,15 +462,11 @@ def _with_ablations(lm: LoadedModel, ids: Tensor, p: int, r: WhyResult) -> WhyRe
         return fn
 
     head_hooks = [(hook_name(l_, "attn.hook_z"), zero_heads(c)) for l_, c in head_layers.items()]
-    out = []
-    for what, hooks in (
-        (f"the {len(r.neurons)} neurons zeroed", neuron_hooks),
-        (f"the {len(heads)} heads zeroed", head_hooks),
-    ):
-        if hooks:
-            after, top_after = run(hooks)
-            out.append(Ablation(what, before, after, top_before, top_after))
-    return WhyResult(**{**r.__dict__, "ablations": out})
+    if head_hooks:
+        after, top_after = run(head_hooks)
+        out.append(Ablation(f"the {len(heads)} heads zeroed", before, after, top_before, top_after))
+    points = [CurvePoint(k, pr, tp) for k, (pr, tp) in sorted(curve.items())]
+    return WhyResult(**{**r.__dict__, "ablations": out, "curve": points, "carrying": carrying})
 
 
 __all__ = ["WhyConfig", "WhyResult", "explain_prediction"]

@@ -19,8 +19,9 @@ def render_why(r: WhyResult) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>lookuplens why</title>",
         "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-        "padding:0 1rem}code,.t{font-family:ui-monospace,monospace}.t{padding:1px 2px;"
-        "border-radius:3px}li{margin:.3rem 0}.n{color:#075985}.h{color:#86198f}</style>",
+        "padding:0 1rem}code,.t{font-family:ui-monospace,monospace}"
+        ".t{display:inline-block;padding:1px 2px;border-radius:3px}li{margin:.3rem 0}"
+        ".n{color:#075985}.h{color:#86198f}</style>",
         "</head><body>",
         f"<h1>Why {what}?</h1>",
         f"<p>Logit {r.logit:+.3f}, p = {r.prob:.3f}; top prediction "
@@ -53,5 +54,22 @@ def render_why(r: WhyResult) -> str:
             f"<code>{html.escape(repr(a.top_before))}</code> &rarr; "
             f"<code>{html.escape(repr(a.top_after))}</code></li>"
         )
-    parts.append("</ul></body></html>")
+    parts.append("</ul>")
+    if r.curve:
+        parts.append(
+            "<p>p with the top <i>k</i> ranked neurons zeroed: "
+            + ", ".join(f"<i>k</i>={c.k}: {c.prob:.3f}" for c in r.curve)
+            + "</p>"
+        )
+    if r.carrying:
+        parts.append(
+            f"<p>The {len(r.carrying)} neurons that carry it: "
+            + ", ".join(
+                f"<b class='n'>{n.name}</b> (<code>{html.escape(repr(n.top_token))}</code>, "
+                f"{n.contribution:+.2f})"
+                for n in r.carrying
+            )
+            + "</p>"
+        )
+    parts.append("</body></html>")
     return "\n".join(parts)

@@ -251,14 +251,38 @@ def test_why_names_an_an_neuron_and_the_head_reading_the_object(
         assert a.cue_word in looked_at, (a.cue_word, [n.heads for n in an])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 10 open): p(' an') is no longer saturated (0.72-0.80 on these "
-    "prompts), but zeroing the 5 named neurons moves it only to 0.73, 0.55 and 0.85: ranked "
-    "by the ' an' logit they include article neurons pushing ' a' alike, and later layers "
-    "compensate (see the README's known gaps)",
-)
-def test_why_ablating_the_named_neurons_halves_p_an(why_on_article_prompts) -> None:  # type: ignore[no-untyped-def]
+def test_why_the_neurons_it_names_carry_p_an(why_on_article_prompts, lm: LoadedModel) -> None:  # type: ignore[no-untyped-def]
+    """The causal check zeroes the ranked neurons best first until p(" an") is halved. In
+    this model the five top neurons alone do not move it (" an" is spread over article
+    neurons and repaired downstream; README, known gaps), so what is checked is that a
+    short prefix of the ranking carries it, that it includes " an" neurons, and that as
+    many random neurons from the same layers do not: p(" an") halved by at most 20 named
+    neurons, recomputed here by hand, while the random control keeps it within 10%."""
+    import torch
+
+    from lookuplens.model import hook_name
+
     for _, r in why_on_article_prompts:
-        zeroed = [x for x in r.ablations if "neurons" in x.what][0]
-        assert zeroed.prob_after < 0.5 * zeroed.prob_before, zeroed
+        assert r.carrying, [(c.k, c.prob) for c in r.curve]
+        assert len(r.carrying) <= 20
+        assert any(n.top_token == " an" for n in r.carrying[:5])
+        by_layer: dict[int, list[int]] = {}
+        for n in r.carrying:
+            by_layer.setdefault(n.layer, []).append(n.neuron)
+
+        def zero(cols: list[int]):  # type: ignore[no-untyped-def]
+            def fn(x, _n):  # type: ignore[no-untyped-def]
+                x = x.clone()
+                x[..., cols] = 0
+                return x
+
+            return fn
+
+        ids = lm.to_tokens(r.prompt)
+        hooks = [(hook_name(layer, "mlp.hook_post"), zero(c)) for layer, c in by_layer.items()]
+        logits, _ = lm.run_with_cache(ids, [], extra_hooks=hooks)
+        assert logits is not None
+        p_after = float(torch.softmax(logits[0, -1].double(), -1)[r.target_id])
+        assert p_after < 0.5 * r.prob
+        control = [a for a in r.ablations if a.what.startswith("control:")][0]
+        assert abs(control.prob_after - r.prob) < 0.1 * r.prob, control

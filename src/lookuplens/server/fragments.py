@@ -168,4 +168,14 @@ def why_html(
         parts.append(
             table(["ablation", "p before", "p after", "top before", "top after"], rows, digits=4)
         )
+    if r.carrying:
+        parts.append(
+            f'<p class="note">The {len(r.carrying)} neurons that carry it (zeroed together '
+            "they bring p to the share above): "
+            + ", ".join(
+                f"{esc(n.name)} <span class='tokpill'>{token_label(n.top_token)}</span>"
+                for n in r.carrying
+            )
+            + "</p>"
+        )
     return Html("".join(parts))
