@@ -31,7 +31,7 @@ from lookuplens.corpus import CorpusSpec, corpus_meta
 from lookuplens.distributed.config import RayConfig
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
-from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_run
+from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_stage
 from lookuplens.model import LoadedModel, load_model
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
 from lookuplens.report import ReportConfig, write_report
@@ -388,10 +388,12 @@ def _stage_explain(ctx: Context) -> str:
 
 def _stage_score(ctx: Context) -> str:
     ctx.reporter.start("score", None, "items")
-    table, stats = score_run(
+    out = score_stage(
         ctx.lm, ctx.run, ctx.cfg.score, on_progress=lambda d, n: ctx.reporter.update(d, n)
     )
-    ctx.run.write_table("scores", table)
+    stats = out.stats
+    ctx.run.write_table("scores", out.scores)
+    ctx.run.write_table("score_controls", out.controls)
     ctx.run.update_meta(score_stats=_finite(stats))
     summary = _score_summary(stats)
     ctx.reporter.finish(summary)
@@ -417,10 +419,13 @@ def _score_summary(stats: Mapping[str, Any]) -> str:
         n = g.get("n") if isinstance(g, dict) else None
         return "n/a" if m is None else f"{m:.3f} (n={n})"
 
-    return (
+    line = (
         f"mean E of pairs {mean('pairs', 'selected')} vs random-neuron baseline "
         f"{mean('pairs', 'baseline')}"
     )
+    if isinstance(stats.get("mismatched"), dict):
+        line += f"; scored with another neuron's explanation {mean('mismatched', 'selected')}"
+    return line
 
 
 def _finite(obj: object) -> object:

@@ -87,7 +87,7 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "attribute": ("attributions", "labels", "pairs"),
     "verify": ("effects",),
     "explain": ("explanations",),
-    "score": ("scores",),
+    "score": ("scores", "score_controls"),
     "report": ("report.html",),
 }
 """What each stage writes: table names (``NAME.parquet``), or file names with a suffix.
@@ -207,6 +207,26 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "auroc": _F64,
         "baseline": _BOOL,
     },
+    "score_controls": {
+        "layer": _I64,
+        "neuron": _I64,
+        "head_layer": _I64,
+        "head": _I64,
+        "baseline": _BOOL,
+        "donor_layer": _I64,
+        "donor_neuron": _I64,
+        "donor_head_layer": _I64,
+        "donor_head": _I64,
+        "explainer": _STR,
+        "scorer": _STR,
+        "n_test": _I64,
+        "tp": _I64,
+        "fp": _I64,
+        "tn": _I64,
+        "fn": _I64,
+        "balanced_accuracy": _F64,
+        "auroc": _F64,
+    },
 }
 """Required columns and their types, per table. Tables may carry extra columns."""
 
@@ -216,6 +236,7 @@ NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
     "scores": frozenset(
         {"auroc", "head_layer", "head", "tp", "fp", "tn", "fn", "balanced_accuracy"}
     ),
+    "score_controls": frozenset({"auroc", "tp", "fp", "tn", "fn", "balanced_accuracy"}),
 }
 """Required columns that may hold nulls; every other required column may not."""
 

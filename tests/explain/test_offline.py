@@ -168,3 +168,52 @@ def test_last_token_attention_matches_unbatched(tiny_lm):
         assert got.shape == (len(p),)
         assert abs(got.sum() - 1) < 1e-5
         assert max(abs(got - want)) < 1e-5
+
+
+def test_mismatched_control_scores_each_pair_with_another_neurons_explanation(
+    tiny_lm, run_dir, explained
+):
+    from lookuplens.explain import score_stage
+
+    out = score_stage(tiny_lm, run_dir, ScoreConfig())
+    ctl = _rows(out.controls)
+    # the pairs of neuron 3 get the only other selected neuron's explained pair (L1N7/L0H2,
+    # trained on the planted rule); L1N7's own pair has a one-class test set and the
+    # baseline neuron has no other baseline neuron to borrow from: no rows for them
+    assert set(ctl) == {PLANTED_PAIR, RANDOM_PAIR}
+    tasks = {t.key: t for t in load_tasks(tiny_lm, run_dir, TaskConfig())}
+    expl = {
+        (r["layer"], r["neuron"], r["head_layer"], r["head"]): StoredExplanation(
+            "offline", r["explanation"], r["features"]
+        )
+        for r in explained.to_pylist()
+    }
+    env = Env(tiny_lm, run_dir, TaskConfig(), OfflineConfig(), LLMConfig(), score=ScoreConfig())
+    for key, row in ctl.items():
+        donor = (
+            row["donor_layer"],
+            row["donor_neuron"],
+            row["donor_head_layer"],
+            row["donor_head"],
+        )
+        assert donor == ONE_CLASS_PAIR and row["baseline"] is False
+        res = OfflineSimulator(env).simulate(tasks[key], expl[donor])
+        actual = [it.active for it in tasks[key].test]
+        tp = sum(p and a for p, a in zip(res.predicted, actual, strict=True))
+        tn = sum(not p and not a for p, a in zip(res.predicted, actual, strict=True))
+        n_pos = sum(actual)
+        assert (row["tp"], row["tn"]) == (tp, tn)
+        assert row["balanced_accuracy"] == pytest.approx(
+            (tp / n_pos + tn / (len(actual) - n_pos)) / 2
+        )
+    # the donor's rule is the planted one, so it transfers to the planted pair: the control
+    # measures specificity, it is not low by construction
+    assert ctl[PLANTED_PAIR]["balanced_accuracy"] >= 0.9
+    own = _rows(out.scores)
+    m = out.stats["mismatched"]["selected"]
+    assert m["n"] == m["paired_n"] == 2
+    assert m["own_minus_mismatched"] == pytest.approx(
+        sum(own[k]["balanced_accuracy"] - ctl[k]["balanced_accuracy"] for k in ctl) / 2
+    )
+    assert "mismatched" not in score_run(tiny_lm, run_dir, ScoreConfig(mismatched_control=False))[1]
+    assert not ScoreConfig(explainer="llm").control_on  # it would double the LLM requests

@@ -44,15 +44,20 @@ from lookuplens.explain.registry import (
     scorer_names,
 )
 from lookuplens.explain.run import (
+    CONTROLS_SCHEMA,
     EXPLANATIONS_SCHEMA,
     SCORES_SCHEMA,
+    ScoreOutputs,
     explain_run,
+    mismatched_donors,
     read_explanations,
     score_run,
+    score_stage,
 )
 from lookuplens.explain.tasks import load_tasks
 
 __all__ = [
+    "CONTROLS_SCHEMA",
     "EXPLANATIONS_SCHEMA",
     "SCORES_SCHEMA",
     "BudgetExhausted",
@@ -69,6 +74,7 @@ __all__ = [
     "MalformedAnswerError",
     "OfflineConfig",
     "ScoreConfig",
+    "ScoreOutputs",
     "SimulationResult",
     "Simulator",
     "StoredExplanation",
@@ -80,10 +86,12 @@ __all__ = [
     "explain_run",
     "explainer_names",
     "load_tasks",
+    "mismatched_donors",
     "read_explanations",
     "register_explainer",
     "register_scorer",
     "score_run",
+    "score_stage",
     "score_statistics",
     "scorer_names",
     "summarize",

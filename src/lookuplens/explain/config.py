@@ -235,7 +235,19 @@ class ScoreConfig:
     good_threshold: float = 0.8
     """The statistics report the share of explanations scoring at least this."""
     seed: int = 0
-    """Seed of the order in which held-out prompts are shown."""
+    """Seed of the order in which held-out prompts are shown, and of the control's draws."""
+    mismatched_control: bool | None = None
+    """Also score every pair with the explanation of a pair of another neuron (drawn
+    from the same group, selected or random-baseline), on this pair's held-out prompts
+    and labels (``score_controls.parquet``): E near 0.5 there means the explanations are
+    specific to their pair. ``None``: on for the offline scorer, off for the LLM scorer
+    (it would double the requests)."""
+
+    @property
+    def control_on(self) -> bool:
+        if self.mismatched_control is None:
+            return self.scorer_name == "offline"
+        return self.mismatched_control
 
     def __post_init__(self) -> None:
         if self.explainer not in explainer_names():

@@ -99,13 +99,18 @@ def summarize(values: Sequence[float], good_threshold: float = 0.8) -> dict[str,
     return out
 
 
-def score_statistics(scores: pa.Table, good_threshold: float = 0.8) -> dict[str, object]:
+def score_statistics(
+    scores: pa.Table, good_threshold: float = 0.8, controls: pa.Table | None = None
+) -> dict[str, object]:
     """Statistics of a scores table of one explainer and scorer, JSON-serialisable.
 
     For pair rows and neuron rows (``head`` null) separately, and within each for the
     selected neurons and the random baseline: the balanced accuracy E's `summarize`, the
     mean AUROC where graded, and how many rows have no score (by status). Also the
-    status counts and the LLM usage of the whole table.
+    status counts and the LLM usage of the whole table. With `controls` (rows of the
+    mismatched-explanation control) and at least one of them: ``mismatched``, per group,
+    `summarize` of the control's E, and on the pairs scored both ways the mean of own E
+    minus mismatched E with a Wilcoxon signed-rank test.
     """
     cols = scores.to_pydict()
     combos = sorted({(a, b) for a, b in zip(cols["explainer"], cols["scorer"], strict=True)})
@@ -160,4 +165,43 @@ def score_statistics(scores: pa.Table, good_threshold: float = 0.8) -> dict[str,
             else None
         )
     out["usage"] = usage
+    if controls is not None and controls.num_rows:
+        out["mismatched"] = _mismatched_stats(cols, controls.to_pydict(), good_threshold)
+    return out
+
+
+def _mismatched_stats(
+    cols: dict[str, list],
+    ctl: dict[str, list],
+    good_threshold: float,  # type: ignore[type-arg]
+) -> dict[str, object]:
+    keys = ("layer", "neuron", "head_layer", "head")
+    own = {
+        tuple(cols[k][i] for k in keys): cols["balanced_accuracy"][i]
+        for i in range(len(cols["layer"]))
+        if cols["head"][i] is not None and cols["balanced_accuracy"][i] is not None
+    }
+    out: dict[str, object] = {}
+    for group in ("selected", "baseline"):
+        rows = [
+            i
+            for i in range(len(ctl["layer"]))
+            if bool(ctl["baseline"][i]) == (group == "baseline")
+            and ctl["balanced_accuracy"][i] is not None
+        ]
+        e = [float(ctl["balanced_accuracy"][i]) for i in rows]
+        diffs = [
+            float(own[k]) - float(ctl["balanced_accuracy"][i])
+            for i in rows
+            if (k := tuple(ctl[c][i] for c in keys)) in own
+        ]
+        section: dict[str, object] = {
+            **summarize(e, good_threshold),
+            "paired_n": len(diffs),
+            "own_minus_mismatched": _clean(float(np.mean(diffs))) if diffs else None,
+            "wilcoxon_pvalue": None,
+        }
+        if len(diffs) >= 8 and any(d != 0 for d in diffs):
+            section["wilcoxon_pvalue"] = _clean(float(stats.wilcoxon(diffs).pvalue))
+        out[group] = section
     return out

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -95,6 +97,40 @@ SCORES_SCHEMA = pa.schema(
         ("completion_tokens", _I64),
     ]
 )
+CONTROLS_SCHEMA = pa.schema(
+    [
+        ("layer", _I64),
+        ("neuron", _I64),
+        ("head_layer", _I64),
+        ("head", _I64),
+        ("baseline", _BOOL),
+        ("donor_layer", _I64),
+        ("donor_neuron", _I64),
+        ("donor_head_layer", _I64),
+        ("donor_head", _I64),
+        ("explainer", _STR),
+        ("scorer", _STR),
+        ("n_test", _I64),
+        ("n_test_active", _I64),
+        ("tp", _I64),
+        ("fp", _I64),
+        ("tn", _I64),
+        ("fn", _I64),
+        ("balanced_accuracy", _F64),
+        ("auroc", _F64),
+        ("status", _STR),
+        ("note", _STR),
+        ("llm_model", _STR),
+        ("requests", _I64),
+        ("cached_requests", _I64),
+        ("prompt_tokens", _I64),
+        ("completion_tokens", _I64),
+    ]
+)
+"""Columns of ``score_controls.parquet``: one row per pair scored with another pair's
+explanation (the mismatched-explanation control): the pair, the donor pair whose
+explanation was used, and the same counts, E, status and usage as ``scores``."""
+
 """Columns of ``scores.parquet`` as written here: the required ones (``tp`` ... ``fn``,
 ``balanced_accuracy`` and ``auroc`` null when not scored), then ``target``, ``status``,
 ``note``, ``n_test_active``, the simulation ``scheme`` (null for offline), and LLM usage."""
@@ -202,6 +238,14 @@ def read_explanations(
     return out
 
 
+@dataclass(frozen=True)
+class ScoreOutputs:
+    scores: pa.Table
+    controls: pa.Table
+    """The mismatched-explanation control (``CONTROLS_SCHEMA``); empty when it is off."""
+    stats: dict[str, object]
+
+
 def score_run(
     lm: LoadedModel,
     run: RunDir,
@@ -209,7 +253,20 @@ def score_run(
     on_progress: Progress | None = None,
 ) -> tuple[pa.Table, dict[str, object]]:
     """Simulate every task's explanation on its held-out prompts; the scores table and its
-    statistics (`score_statistics`, JSON-serialisable, for run.json and the report)."""
+    statistics (`score_statistics`, JSON-serialisable, for run.json and the report; with
+    the mismatched-explanation control's figures when it is on). `score_stage` also
+    returns the control's rows."""
+    out = score_stage(lm, run, cfg, on_progress)
+    return out.scores, out.stats
+
+
+def score_stage(
+    lm: LoadedModel,
+    run: RunDir,
+    cfg: ScoreConfig,
+    on_progress: Progress | None = None,
+) -> ScoreOutputs:
+    """`score_run`, plus the mismatched-explanation control's table."""
     explanations = read_explanations(run, cfg.explainer)
     tasks = load_tasks(lm, run, cfg.tasks)
     env = Env(lm, run, cfg.tasks, OfflineConfig(), cfg.llm, score=cfg)
@@ -225,8 +282,9 @@ def score_run(
         )
     sim = get_scorer(scorer)(env)
     scheme = cfg.scheme if scorer == "llm" else None
+    controls_for = mismatched_donors(tasks, set(explanations), cfg.seed) if cfg.control_on else []
     rows: list[dict[str, Any]] = []
-    _progress(on_progress, 0, len(tasks))
+    _progress(on_progress, 0, len(tasks) + len(controls_for))
     for i, task in enumerate(tasks):
         n_pos = sum(it.active for it in task.test)
         row: dict[str, Any] = {
@@ -254,10 +312,57 @@ def score_run(
         else:
             row |= _score_row(task, sim.simulate(task, expl))
         rows.append(row)
-        _progress(on_progress, i + 1, len(tasks))
+        _progress(on_progress, i + 1, len(tasks) + len(controls_for))
     _log_done("score", rows, env)
     table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
-    return table, score_statistics(table, cfg.good_threshold)
+    controls = []
+    for j, (task, donor) in enumerate(controls_for):
+        ctl: dict[str, Any] = {
+            "layer": task.layer,
+            "neuron": task.neuron,
+            "head_layer": task.head_layer,
+            "head": task.head,
+            "baseline": task.baseline,
+            "donor_layer": donor.layer,
+            "donor_neuron": donor.neuron,
+            "donor_head_layer": donor.head_layer,
+            "donor_head": donor.head,
+            "explainer": cfg.explainer,
+            "scorer": scorer,
+            "n_test": len(task.test),
+            "n_test_active": sum(it.active for it in task.test),
+        }
+        ctl |= _score_row(task, sim.simulate(task, explanations[donor.key]))
+        controls.append(ctl)
+        _progress(on_progress, len(tasks) + j + 1, len(tasks) + len(controls_for))
+    control_table = pa.Table.from_pylist(controls, schema=CONTROLS_SCHEMA)
+    return ScoreOutputs(
+        table, control_table, score_statistics(table, cfg.good_threshold, control_table)
+    )
+
+
+def mismatched_donors(
+    tasks: list[Task], explained: set[tuple[int, ...]], seed: int
+) -> list[tuple[Task, Task]]:
+    """For the mismatched-explanation control: each pair task with both classes among its
+    held-out prompts and an explanation of its own, with a donor drawn at random (seeded,
+    in task order) from the pair tasks of another neuron in the same group (selected or
+    random baseline) that have an explanation. Tasks with no such donor are left out."""
+    rng = np.random.default_rng(seed)
+    pairs = [t for t in tasks if t.kind == "pair" and t.key in explained]
+    out = []
+    for t in pairs:
+        n_pos = sum(it.active for it in t.test)
+        if n_pos == 0 or n_pos == len(t.test):
+            continue
+        donors = [
+            u
+            for u in pairs
+            if u.baseline == t.baseline and (u.layer, u.neuron) != (t.layer, t.neuron)
+        ]
+        if donors:
+            out.append((t, donors[int(rng.integers(len(donors)))]))
+    return out
 
 
 def _score_row(task: Task, res: SimulationResult) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class RunTables:
             tables = [t for t in STAGE_TABLES[stage] if "." not in t]
             if stage == "scan":
                 tables = ["activation_stats"]  # firings are not read by the report
+            # run directories from before the mismatched-explanation control lack it
+            tables = [x for x in tables if x != "score_controls"]
             if not all(self.present(t) for t in tables):
                 out.append(stage)
         return out

@@ -299,6 +299,9 @@ def e_histogram_section(t: RunTables) -> tuple[Html, list[Figure]]:
         )
     )
     stats = t.meta.get("score_stats")
+    mismatched = _mismatched_line(stats)
+    if mismatched:
+        parts.append(note(mismatched))
     if stats is not None:
         parts.append(
             "<details><summary>Score statistics (run.json)</summary>"
@@ -307,6 +310,31 @@ def e_histogram_section(t: RunTables) -> tuple[Html, list[Figure]]:
         )
     parts.append("</section>")
     return Html("".join(parts)), figures
+
+
+def _mismatched_line(stats: object) -> str | None:
+    """One sentence on the mismatched-explanation control from run.json's score_stats."""
+    m = stats.get("mismatched") if isinstance(stats, dict) else None
+    if not isinstance(m, dict):
+        return None
+    bits = []
+    for group, label in (("selected", "selected"), ("baseline", "random baseline")):
+        g = m.get(group)
+        if not isinstance(g, dict) or g.get("mean") is None:
+            continue
+        bit = f"{label} {g['mean']:.3f} (n={g.get('n')}"
+        if g.get("own_minus_mismatched") is not None:
+            bit += f"; their own explanation scores {g['own_minus_mismatched']:+.3f} more"
+            if g.get("wilcoxon_pvalue") is not None:
+                bit += f", Wilcoxon p={g['wilcoxon_pvalue']:.2g}"
+        bits.append(bit + ")")
+    if not bits:
+        return None
+    return (
+        "Control: each pair scored with the explanation of a pair of another neuron (drawn "
+        "from the same group), on its own held-out prompts: mean E " + "; ".join(bits) + ". "
+        "Near 0.5 means an explanation says something specific to its pair."
+    )
 
 
 def _slug(text: object) -> str:
