@@ -317,6 +317,11 @@ def print_summary(run: Any) -> None:
         bits.append(
             f"mean E {k['mean_e_selected']:.3f}"
             + (f" vs {base:.3f} for random neurons" if base is not None else "")
+            + (
+                f", {k['mean_e_mismatched']:.3f} with another neuron's explanation"
+                if k.get("mean_e_mismatched") is not None
+                else ""
+            )
         )
     if bits:
         out.print("; ".join(bits), highlight=False)

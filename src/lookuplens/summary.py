@@ -134,6 +134,10 @@ def key_numbers(run: RunDir) -> dict[str, object]:
             if isinstance(g, dict):
                 out[f"mean_e_{group}"] = g.get("mean")
                 out[f"n_scored_{group}"] = g.get("n")
+        mm = stats.get("mismatched")
+        g = mm.get("selected") if isinstance(mm, dict) else None
+        if isinstance(g, dict):  # the mismatched-explanation control, when it ran
+            out["mean_e_mismatched"] = g.get("mean")
     gt = run.meta.get("ground_truth")
     if isinstance(gt, dict):
         out["ground_truth"] = gt
