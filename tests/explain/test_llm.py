@@ -212,3 +212,25 @@ def test_neuron_tasks_through_the_llm(tiny_lm, run_dir, fake_llm, key):
     assert stats["neurons"]["baseline"]["mean"] == 1.0
     with pytest.raises(ExplainConfigError, match="--scorer llm"):
         score_run(tiny_lm, run_dir, ScoreConfig(explainer="llm", scorer="offline", tasks=cfg))
+
+
+def test_llm_mismatched_control_when_asked(tiny_lm, run_dir, fake_llm, key):
+    from lookuplens.explain import score_stage
+
+    ecfg = ExplainConfig(explainer="llm", tasks=PAIRS, llm=llm(fake_llm))
+    run_dir.write_table("explanations", explain_run(tiny_lm, run_dir, ecfg))
+    scfg = ScoreConfig(explainer="llm", tasks=PAIRS, llm=llm(fake_llm), mismatched_control=True)
+    before = fake_llm.kinds["simulate_batch"]
+    out = score_stage(tiny_lm, run_dir, scfg)
+    ctl = {
+        (r["layer"], r["neuron"], r["head_layer"], r["head"]): r for r in out.controls.to_pylist()
+    }
+    # neuron 3's two pairs borrow neuron 7's explanation, one batched request each (the
+    # fake LLM explains every pair alike, so the same request as for the pair's own
+    # explanation: answered from the cache), on top of the 3 for the own explanations
+    assert set(ctl) == {PLANTED_PAIR, RANDOM_PAIR}
+    assert all(r["status"] == "ok" for r in ctl.values())
+    assert all(r["requests"] + r["cached_requests"] == 1 for r in ctl.values())
+    sent = sum(r["requests"] for r in ctl.values())
+    assert fake_llm.kinds["simulate_batch"] - before == 3 + sent
+    assert out.stats["mismatched"]["selected"]["n"] == 2
