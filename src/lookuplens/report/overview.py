@@ -77,6 +77,14 @@ def _key_numbers(t: RunTables, plan: ReportPlan) -> Html:
         if e_sel is not None or e_base is not None:
             items.append((f"mean E, selected {kind}", e_sel))
             items.append((f"mean E, baseline {kind}", e_base))
+            if kind == "pairs":
+                stats = t.meta.get("score_stats")
+                mm = stats.get("mismatched") if isinstance(stats, dict) else None
+                g = mm.get("selected") if isinstance(mm, dict) else None
+                if isinstance(g, dict) and g.get("mean") is not None:
+                    items.append(
+                        ("mean E, selected pairs, another neuron's explanation", g["mean"])
+                    )
     if not items:
         return note("No tables yet.")
     return numbers(items)
