@@ -168,6 +168,12 @@ def why_html(
         parts.append(
             table(["ablation", "p before", "p after", "top before", "top after"], rows, digits=4)
         )
+    if r.curve:
+        parts.append(
+            '<p class="note">p with the top <i>k</i> ranked neurons zeroed: '
+            + ", ".join(f"<i>k</i>={c.k}: {esc(fmt(c.prob))}" for c in r.curve)
+            + "</p>"
+        )
     if r.carrying:
         parts.append(
             f'<p class="note">The {len(r.carrying)} neurons that carry it (zeroed together '
