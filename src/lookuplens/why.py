@@ -444,7 +444,7 @@ def _with_ablations(
                 before,
                 float(np.mean(probs)),
                 top_before,
-                max(set(tops), key=tops.count),
+                max(tops, key=tops.count),  # the most frequent; ties: the first drawn
             )
         )
 
