@@ -89,6 +89,62 @@ def test_causal_check_names_the_fewest_ranked_neurons_that_reach_the_goal(
         assert "not even these" in checks["the top 16 ranked neurons zeroed"].what
 
 
+def test_with_a_contrast_token_the_causal_check_halves_the_logit_difference(
+    lm: LoadedModel,
+) -> None:
+    import torch
+
+    from lookuplens.model import hook_name
+
+    prompt = "An owl sat on the"
+    logits, _ = lm.run_with_cache(lm.to_tokens(prompt), [])
+    assert logits is not None
+    # the two most likely tokens that round-trip as single tokens (target, then contrast)
+    ids = torch.argsort(logits[0, -1], descending=True)[:50].tolist()
+    ok = [
+        i
+        for i in ids
+        if lm.tokenizer(lm.token_str(i), add_special_tokens=False)["input_ids"] == [i]
+    ]
+    target, contrast = lm.token_str(ok[0]), lm.token_str(ok[1])
+    cfg = WhyConfig(target=target, contrast=contrast, ablate_until=0.9, max_ablated=16)
+    r = explain_prediction(lm, prompt, cfg)
+    wide = explain_prediction(
+        lm, prompt, WhyConfig(target=target, contrast=contrast, top_neurons=16, control_draws=0)
+    )
+    ranked = [(n.layer, n.neuron) for n in wide.neurons]
+
+    def diff_with_zeroed(neurons: list[tuple[int, int]]) -> float:
+        by: dict[int, list[int]] = {}
+        for layer, n in neurons:
+            by.setdefault(layer, []).append(n)
+
+        def zero(cols: list[int]):  # type: ignore[no-untyped-def]
+            def fn(x, _n):  # type: ignore[no-untyped-def]
+                x = x.clone()
+                x[..., cols] = 0
+                return x
+
+            return fn
+
+        hooks = [(hook_name(layer, "mlp.hook_post"), zero(c)) for layer, c in by.items()]
+        out, _ = lm.run_with_cache(lm.to_tokens(prompt), [], extra_hooks=hooks)
+        assert out is not None
+        return float(out[0, -1, r.target_id] - out[0, -1, r.contrast_id])
+
+    d0 = r.ablations[0].diff_before
+    assert d0 == pytest.approx(r.logit, abs=1e-4) and d0 > 0
+    by_k = {c.k: c.logit_diff for c in r.curve}
+    for k in (min(by_k), max(by_k)):
+        assert by_k[k] == pytest.approx(diff_with_zeroed(ranked[:k]), abs=1e-4)
+    if r.carrying:
+        k = len(r.carrying)
+        assert by_k[k] <= 0.9 * d0 and (k == 1 or by_k[k - 1] > 0.9 * d0)
+        assert "logit difference" in r.ablations[1].what
+    else:
+        assert all(v > 0.9 * d0 for v in by_k.values())
+
+
 def test_default_target_is_the_top_prediction(lm: LoadedModel) -> None:
     r = explain_prediction(lm, "An owl sat on the", WhyConfig())
     assert r.target == r.top_prediction

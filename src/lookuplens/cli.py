@@ -639,11 +639,20 @@ def _print_why(r: Any) -> None:
         root.add(
             f"[yellow]causal check[/]: {a.what}: p({r.target!r}) {a.prob_before:.3f} -> "
             f"{a.prob_after:.3f}; top prediction {a.top_before!r} -> {a.top_after!r}"
+            + (
+                f"; logit difference {a.diff_before:+.3f} -> {a.diff_after:+.3f}"
+                if a.diff_before is not None and a.diff_after is not None
+                else ""
+            )
         )
     if r.curve:
         root.add(
             f"p({r.target!r}) with the top k ranked neurons zeroed: "
-            + ", ".join(f"k={c.k} {c.prob:.3f}" for c in r.curve)
+            + ", ".join(
+                f"k={c.k} {c.prob:.3f}"
+                + (f" (difference {c.logit_diff:+.2f})" if c.logit_diff is not None else "")
+                for c in r.curve
+            )
         )
     if r.carrying:
         root.add(

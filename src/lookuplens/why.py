@@ -47,7 +47,8 @@ class WhyConfig:
     """Attended tokens shown per head."""
     ablate_until: float = 0.5
     """The causal check zeroes the ranked neurons, best first, until p(target) is at most
-    this share of its value; the fewest that get there are the neurons it names."""
+    this share of its value (with a contrast token whose logit is below the target's: the
+    logit difference); the fewest that get there are the neurons it names."""
     max_ablated: int = 64
     """Give up (and say so) when this many ranked neurons do not get there."""
     control_draws: int = 5
@@ -120,6 +121,9 @@ class Ablation:
     prob_after: float
     top_before: str
     top_after: str
+    diff_before: float | None = None
+    """With a contrast token: the logit difference target minus contrast, before."""
+    diff_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class CurvePoint:
     k: int
     prob: float
     top: str
+    logit_diff: float | None = None
+    """With a contrast token: the logit difference target minus contrast."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +158,10 @@ class WhyResult:
     curve: list[CurvePoint] = field(default_factory=list)
     """The prefixes of the ranking the causal check zeroed, by k."""
     carrying: list[RankedNeuron] = field(default_factory=list)
-    """The fewest ranked neurons whose zeroing brings p(target) to `ablate_until` of its
-    value; empty when `max_ablated` of them do not."""
+    """The fewest ranked neurons whose zeroing brings p(target) (or the logit difference,
+    see `WhyConfig.ablate_until`) to `ablate_until` of its value; empty when
+    `max_ablated` of them do not."""
+    contrast_id: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         import dataclasses
@@ -305,6 +313,7 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         target=lm.token_str(target_id),
         target_id=target_id,
         contrast=None if contrast_id is None else lm.token_str(contrast_id),
+        contrast_id=contrast_id,
         logit=logit,
         prob=float(logp[target_id].exp()),
         top_prediction=lm.token_str(top_id),
@@ -349,34 +358,46 @@ def _with_ablations(
     flat: Tensor,
     cfg: WhyConfig,
 ) -> WhyResult:
-    def run(hooks: list) -> tuple[float, str]:  # type: ignore[type-arg]
+    c_id = r.contrast_id
+
+    def run(hooks: list) -> tuple[float, str, float | None]:  # type: ignore[type-arg]
         logits, _ = lm.run_with_cache(ids, [], extra_hooks=hooks)
         assert logits is not None
-        probs = torch.softmax(logits[0, p].double(), -1)
-        return float(probs[r.target_id]), lm.token_str(int(probs.argmax()))
+        lg = logits[0, p].double()
+        probs = torch.softmax(lg, -1)
+        diff = None if c_id is None else float(lg[r.target_id] - lg[c_id])
+        return float(probs[r.target_id]), lm.token_str(int(probs.argmax())), diff
 
-    before, top_before = run([])
+    before, top_before, diff_before = run([])
+
+    def ablation(what: str, after: tuple[float, str, float | None]) -> Ablation:
+        return Ablation(what, before, after[0], top_before, after[1], diff_before, after[2])
+
     out = []
     shown = [nf.layer * lm.d_mlp + nf.neuron for nf in r.neurons]
-    after, top_after = run(_zero_neurons_hooks(lm, shown))
-    out.append(
-        Ablation(f"the {len(shown)} shown neurons zeroed", before, after, top_before, top_after)
-    )
+    first = run(_zero_neurons_hooks(lm, shown))
+    out.append(ablation(f"the {len(shown)} shown neurons zeroed", first))
 
     # the ranked neurons zeroed best first: doubling k, then bisection between the last
-    # prefix that misses the goal and the first that reaches it; every point is measured
+    # prefix that misses the goal and the first that reaches it; every point is measured.
+    # With a contrast token the goal is on the logit difference when it is positive.
+    on_diff = diff_before is not None and diff_before > 0
+    goal = cfg.ablate_until * (diff_before if on_diff else before)  # type: ignore[operator]
     ranked = ranking[: cfg.max_ablated].tolist()
-    goal = cfg.ablate_until * before
-    curve: dict[int, tuple[float, str]] = {len(shown): (after, top_after)}
+    curve: dict[int, tuple[float, str, float | None]] = {len(shown): first}
 
-    def at(k: int) -> tuple[float, str]:
+    def at(k: int) -> tuple[float, str, float | None]:
         if k not in curve:
             curve[k] = run(_zero_neurons_hooks(lm, ranked[:k]))
         return curve[k]
 
+    def reached(k: int) -> bool:
+        pt = at(k)
+        return (pt[2] if on_diff else pt[0]) <= goal  # type: ignore[operator]
+
     lo, hi, k = 0, None, 1
     while True:
-        if at(k)[0] <= goal:
+        if reached(k):
             hi = k
             break
         lo = k
@@ -386,7 +407,7 @@ def _with_ablations(
     if hi is not None:
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if at(mid)[0] <= goal:
+            if reached(mid):
                 hi = mid
             else:
                 lo = mid
@@ -401,16 +422,18 @@ def _with_ablations(
         if hi is not None
         else []
     )
+    measure = "the logit difference" if on_diff else "p"
     goal_txt = (
-        "halve p" if cfg.ablate_until == 0.5 else f"bring p to {cfg.ablate_until:g} of its value"
+        f"halve {measure}"
+        if cfg.ablate_until == 0.5
+        else f"bring {measure} to {cfg.ablate_until:g} of its value"
     )
     what = (
         f"the top {n_zeroed} ranked neurons zeroed (the fewest that {goal_txt})"
         if hi is not None
         else f"the top {n_zeroed} ranked neurons zeroed (not even these {goal_txt})"
     )
-    p_k, top_k = at(n_zeroed)
-    out.append(Ablation(what, before, p_k, top_before, top_k))
+    out.append(ablation(what, at(n_zeroed)))
 
     # control: as many neurons from the same layers, drawn at random outside the ranked set
     if cfg.control_draws:
@@ -425,7 +448,7 @@ def _with_ablations(
             )
             for layer in per_layer
         }
-        probs, tops = [], []
+        probs, tops, diffs = [], [], []  # type: ignore[var-annotated]
         n_drawn = 0
         for _ in range(cfg.control_draws):
             draw: list[int] = []
@@ -434,9 +457,10 @@ def _with_ablations(
                 pick = torch.randperm(len(pool), generator=gen)[:count]
                 draw += pool[pick].tolist()
             n_drawn = len(draw)
-            pr, tp = run(_zero_neurons_hooks(lm, draw))
+            pr, tp, df = run(_zero_neurons_hooks(lm, draw))
             probs.append(pr)
             tops.append(tp)
+            diffs.append(df)
         out.append(
             Ablation(
                 f"control: {n_drawn} random neurons from the same layers zeroed "
@@ -445,6 +469,8 @@ def _with_ablations(
                 float(np.mean(probs)),
                 top_before,
                 max(tops, key=tops.count),  # the most frequent; ties: the first drawn
+                diff_before,
+                None if diff_before is None else float(np.mean(diffs)),
             )
         )
 
@@ -463,9 +489,8 @@ def _with_ablations(
 
     head_hooks = [(hook_name(l_, "attn.hook_z"), zero_heads(c)) for l_, c in head_layers.items()]
     if head_hooks:
-        after, top_after = run(head_hooks)
-        out.append(Ablation(f"the {len(heads)} heads zeroed", before, after, top_before, top_after))
-    points = [CurvePoint(k, pr, tp) for k, (pr, tp) in sorted(curve.items())]
+        out.append(ablation(f"the {len(heads)} heads zeroed", run(head_hooks)))
+    points = [CurvePoint(k, pr, tp, df) for k, (pr, tp, df) in sorted(curve.items())]
     return WhyResult(**{**r.__dict__, "ablations": out, "curve": points, "carrying": carrying})
 
 

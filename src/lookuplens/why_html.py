@@ -52,13 +52,23 @@ def render_why(r: WhyResult) -> str:
             f"<li>{html.escape(a.what)}: p {a.prob_before:.3f} &rarr; "
             f"{a.prob_after:.3f}; top prediction "
             f"<code>{html.escape(repr(a.top_before))}</code> &rarr; "
-            f"<code>{html.escape(repr(a.top_after))}</code></li>"
+            f"<code>{html.escape(repr(a.top_after))}</code>"
+            + (
+                f"; logit difference {a.diff_before:+.3f} &rarr; {a.diff_after:+.3f}"
+                if a.diff_before is not None and a.diff_after is not None
+                else ""
+            )
+            + "</li>"
         )
     parts.append("</ul>")
     if r.curve:
         parts.append(
             "<p>p with the top <i>k</i> ranked neurons zeroed: "
-            + ", ".join(f"<i>k</i>={c.k}: {c.prob:.3f}" for c in r.curve)
+            + ", ".join(
+                f"<i>k</i>={c.k}: {c.prob:.3f}"
+                + (f" (difference {c.logit_diff:+.2f})" if c.logit_diff is not None else "")
+                for c in r.curve
+            )
             + "</p>"
         )
     if r.carrying:

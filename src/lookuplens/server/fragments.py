@@ -171,7 +171,11 @@ def why_html(
     if r.curve:
         parts.append(
             '<p class="note">p with the top <i>k</i> ranked neurons zeroed: '
-            + ", ".join(f"<i>k</i>={c.k}: {esc(fmt(c.prob))}" for c in r.curve)
+            + ", ".join(
+                f"<i>k</i>={c.k}: {esc(fmt(c.prob))}"
+                + (f" (difference {esc(fmt(c.logit_diff))})" if c.logit_diff is not None else "")
+                for c in r.curve
+            )
             + "</p>"
         )
     if r.carrying:
