@@ -241,12 +241,12 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         for h, v in enumerate(per_head.tolist()):
             head_contrib[(l_, h)] = v
         terms[f"L{l_}.heads"] = float(per_head.sum())
-        if lm.b_O(l_) is not None:
-            terms[f"L{l_}.attn_bias"] = float(lm.b_O(l_).double() @ w_eff)
+        if (b_o := lm.b_O(l_)) is not None:
+            terms[f"L{l_}.attn_bias"] = float(b_o.double() @ w_eff)
         post = cache[hook_name(l_, "mlp.hook_post")][0, p].double()
         neuron_contrib.append(post * (lm.W_out(l_).double() @ w_eff))
-        if lm.b_out(l_) is not None:
-            terms[f"L{l_}.mlp_bias"] = float(lm.b_out(l_).double() @ w_eff)
+        if (b_out := lm.b_out(l_)) is not None:
+            terms[f"L{l_}.mlp_bias"] = float(b_out.double() @ w_eff)
     b_u = lm.b_U
     terms["constant"] = const + (float(b_u[target_id]) if b_u is not None else 0.0)
     if contrast_id is not None and b_u is not None:
@@ -448,7 +448,9 @@ def _with_ablations(
             )
             for layer in per_layer
         }
-        probs, tops, diffs = [], [], []  # type: ignore[var-annotated]
+        probs: list[float] = []
+        tops: list[str] = []
+        diffs: list[float] = []
         n_drawn = 0
         for _ in range(cfg.control_draws):
             draw: list[int] = []
@@ -460,7 +462,8 @@ def _with_ablations(
             pr, tp, df = run(_zero_neurons_hooks(lm, draw))
             probs.append(pr)
             tops.append(tp)
-            diffs.append(df)
+            if df is not None:
+                diffs.append(df)
         out.append(
             Ablation(
                 f"control: {n_drawn} random neurons from the same layers zeroed "
@@ -470,7 +473,7 @@ def _with_ablations(
                 top_before,
                 max(tops, key=tops.count),  # the most frequent; ties: the first drawn
                 diff_before,
-                None if diff_before is None else float(np.mean(diffs)),
+                float(np.mean(diffs)) if diffs else None,
             )
         )
 

@@ -14,7 +14,7 @@ null balanced accuracy. Neuron tasks have null ``head_layer`` and ``head``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,7 +342,7 @@ def score_stage(
 
 
 def mismatched_donors(
-    tasks: list[Task], explained: set[tuple[int, ...]], seed: int
+    tasks: list[Task], explained: Collection[tuple[int, int, int | None, int | None]], seed: int
 ) -> list[tuple[Task, Task]]:
     """For the mismatched-explanation control: each pair task with both classes among its
     held-out prompts and an explanation of its own, with a donor drawn at random (seeded,
