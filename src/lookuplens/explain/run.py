@@ -97,6 +97,10 @@ SCORES_SCHEMA = pa.schema(
         ("completion_tokens", _I64),
     ]
 )
+"""Columns of ``scores.parquet`` as written here: the required ones (``tp`` ... ``fn``,
+``balanced_accuracy`` and ``auroc`` null when not scored), then ``target``, ``status``,
+``note``, ``n_test_active``, the simulation ``scheme`` (null for offline), and LLM usage."""
+
 CONTROLS_SCHEMA = pa.schema(
     [
         ("layer", _I64),
@@ -130,10 +134,6 @@ CONTROLS_SCHEMA = pa.schema(
 """Columns of ``score_controls.parquet``: one row per pair scored with another pair's
 explanation (the mismatched-explanation control): the pair, the donor pair whose
 explanation was used, and the same counts, E, status and usage as ``scores``."""
-
-"""Columns of ``scores.parquet`` as written here: the required ones (``tp`` ... ``fn``,
-``balanced_accuracy`` and ``auroc`` null when not scored), then ``target``, ``status``,
-``note``, ``n_test_active``, the simulation ``scheme`` (null for offline), and LLM usage."""
 
 
 def _progress(on_progress: Progress | None, done: int, total: int) -> None:
