@@ -612,6 +612,8 @@ def why(
 def _print_why(r: Any) -> None:
     from rich.tree import Tree
 
+    from lookuplens.why import curve_text, diff_change
+
     what = repr(r.target) + (f" vs {r.contrast!r}" if r.contrast else "")
     shown = "".join(r.tokens[: r.position + 1])
     root = Tree(
@@ -639,21 +641,10 @@ def _print_why(r: Any) -> None:
         root.add(
             f"[yellow]causal check[/]: {a.what}: p({r.target!r}) {a.prob_before:.3f} -> "
             f"{a.prob_after:.3f}; top prediction {a.top_before!r} -> {a.top_after!r}"
-            + (
-                f"; logit difference {a.diff_before:+.3f} -> {a.diff_after:+.3f}"
-                if a.diff_before is not None and a.diff_after is not None
-                else ""
-            )
+            + diff_change(a)
         )
     if r.curve:
-        root.add(
-            f"p({r.target!r}) with the top k ranked neurons zeroed: "
-            + ", ".join(
-                f"k={c.k} {c.prob:.3f}"
-                + (f" (difference {c.logit_diff:+.2f})" if c.logit_diff is not None else "")
-                for c in r.curve
-            )
-        )
+        root.add(f"p({r.target!r}) with the top k ranked neurons zeroed: {curve_text(r.curve)}")
     if r.carrying:
         root.add(
             f"the {len(r.carrying)} neurons that carry it: "

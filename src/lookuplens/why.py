@@ -267,7 +267,8 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
     _, patterns = lm.run_with_cache(ids, pattern_names)
     tok_strs = [lm.token_str(int(t)) for t in ids[0]]
     neurons: list[NeuronFinding] = []
-    for idx in order.tolist():
+    top_tokens = _top_tokens(lm, order.tolist())
+    for idx, top_token in zip(order.tolist(), top_tokens, strict=True):
         layer, n = divmod(idx, lm.d_mlp)
         ups = upstream_layers(lm, layer)
         heads: list[HeadFinding] = []
@@ -302,7 +303,7 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
                 neuron=n,
                 contribution=float(flat[idx]),
                 activation=float(cache[hook_name(layer, "mlp.hook_post")][0, p, n]),
-                top_token=_top_token(lm, layer, n),
+                top_token=top_token,
                 heads=heads,
             )
         )
@@ -324,11 +325,39 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
     return _with_ablations(lm, ids, p, result, ranking, flat, cfg)
 
 
-def _top_token(lm: LoadedModel, layer: int, n: int) -> str:
+def _top_tokens(lm: LoadedModel, flat_ids: list[int]) -> list[str]:
+    """The top token (folded W_out . W_U) of each neuron, given as an index into the
+    flattened [layer, d_mlp] grid; the unembedding is folded once, each layer's W_out once."""
     from lookuplens.neurons import out_matrix, unembed_matrix
 
-    c = out_matrix(lm, layer, "folded")[n] @ unembed_matrix(lm, "folded")
-    return lm.token_str(int(c.argmax()))
+    if not flat_ids:
+        return []
+    w_u = unembed_matrix(lm, "folded")
+    by_layer: dict[int, Tensor] = {}
+    out = []
+    for i in flat_ids:
+        layer, n = divmod(i, lm.d_mlp)
+        if layer not in by_layer:
+            by_layer[layer] = out_matrix(lm, layer, "folded")
+        out.append(lm.token_str(int((by_layer[layer][n] @ w_u).argmax())))
+    return out
+
+
+def curve_text(curve: list[CurvePoint]) -> str:
+    """The causal check's curve on one line: ``k=1 0.707 (difference +0.89), ...`` (the
+    difference only with a contrast token)."""
+    return ", ".join(
+        f"k={c.k} {c.prob:.3f}"
+        + (f" (difference {c.logit_diff:+.2f})" if c.logit_diff is not None else "")
+        for c in curve
+    )
+
+
+def diff_change(a: Ablation) -> str:
+    """``"; logit difference +1.059 -> +0.414"`` with a contrast token, else ``""``."""
+    if a.diff_before is None or a.diff_after is None:
+        return ""
+    return f"; logit difference {a.diff_before:+.3f} -> {a.diff_after:+.3f}"
 
 
 def _zero_neurons_hooks(lm: LoadedModel, flat_ids: list[int]) -> list:  # type: ignore[type-arg]
@@ -414,10 +443,8 @@ def _with_ablations(
     n_zeroed = hi if hi is not None else len(ranked)
     carrying = (
         [
-            RankedNeuron(
-                i // lm.d_mlp, i % lm.d_mlp, float(flat[i]), _top_token(lm, *divmod(i, lm.d_mlp))
-            )
-            for i in ranked[:n_zeroed]
+            RankedNeuron(i // lm.d_mlp, i % lm.d_mlp, float(flat[i]), tok)
+            for i, tok in zip(ranked[:n_zeroed], _top_tokens(lm, ranked[:n_zeroed]), strict=True)
         ]
         if hi is not None
         else []
@@ -497,4 +524,4 @@ def _with_ablations(
     return WhyResult(**{**r.__dict__, "ablations": out, "curve": points, "carrying": carrying})
 
 
-__all__ = ["WhyConfig", "WhyResult", "explain_prediction"]
+__all__ = ["WhyConfig", "WhyResult", "curve_text", "diff_change", "explain_prediction"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from lookuplens.why import WhyResult
+from lookuplens.why import WhyResult, curve_text, diff_change
 
 
 def _tok(t: str) -> str:
@@ -52,24 +52,13 @@ def render_why(r: WhyResult) -> str:
             f"<li>{html.escape(a.what)}: p {a.prob_before:.3f} &rarr; "
             f"{a.prob_after:.3f}; top prediction "
             f"<code>{html.escape(repr(a.top_before))}</code> &rarr; "
-            f"<code>{html.escape(repr(a.top_after))}</code>"
-            + (
-                f"; logit difference {a.diff_before:+.3f} &rarr; {a.diff_after:+.3f}"
-                if a.diff_before is not None and a.diff_after is not None
-                else ""
-            )
-            + "</li>"
+            f"<code>{html.escape(repr(a.top_after))}</code>{html.escape(diff_change(a))}</li>"
         )
     parts.append("</ul>")
     if r.curve:
         parts.append(
-            "<p>p with the top <i>k</i> ranked neurons zeroed: "
-            + ", ".join(
-                f"<i>k</i>={c.k}: {c.prob:.3f}"
-                + (f" (difference {c.logit_diff:+.2f})" if c.logit_diff is not None else "")
-                for c in r.curve
-            )
-            + "</p>"
+            f"<p>p with the top <i>k</i> ranked neurons zeroed: {html.escape(curve_text(r.curve))}"
+            "</p>"
         )
     if r.carrying:
         parts.append(

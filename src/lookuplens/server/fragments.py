@@ -11,7 +11,7 @@ import numpy as np
 from lookuplens.report.markup import Html, esc, fmt, kv, table
 from lookuplens.report.tokens import shaded_tokens, token_label
 from lookuplens.server.worker import TokenValues
-from lookuplens.why import WhyResult
+from lookuplens.why import WhyResult, curve_text
 
 __all__ = [
     "activation_prompts",
@@ -171,12 +171,7 @@ def why_html(
     if r.curve:
         parts.append(
             '<p class="note">p with the top <i>k</i> ranked neurons zeroed: '
-            + ", ".join(
-                f"<i>k</i>={c.k}: {esc(fmt(c.prob))}"
-                + (f" (difference {esc(fmt(c.logit_diff))})" if c.logit_diff is not None else "")
-                for c in r.curve
-            )
-            + "</p>"
+            f"{esc(curve_text(r.curve))}</p>"
         )
     if r.carrying:
         parts.append(
