@@ -112,6 +112,14 @@ def mean_kept_ks(pairs: Any) -> float | None:
     return float(ks.mean()) if len(ks) else None
 
 
+def mismatched_group(stats: object, group: str) -> dict[str, Any] | None:
+    """The mismatched-explanation control's figures for ``selected`` or ``baseline`` pairs
+    from run.json's ``score_stats``; None when the control did not run."""
+    mm = stats.get("mismatched") if isinstance(stats, dict) else None
+    g = mm.get(group) if isinstance(mm, dict) else None
+    return g if isinstance(g, dict) else None
+
+
 def key_numbers(run: RunDir) -> dict[str, object]:
     """Headline figures of a run (counts, mean E against the baseline, mean KS D)."""
     out: dict[str, object] = {}
@@ -134,14 +142,13 @@ def key_numbers(run: RunDir) -> dict[str, object]:
             if isinstance(g, dict):
                 out[f"mean_e_{group}"] = g.get("mean")
                 out[f"n_scored_{group}"] = g.get("n")
-        mm = stats.get("mismatched")
-        g = mm.get("selected") if isinstance(mm, dict) else None
-        if isinstance(g, dict):  # the mismatched-explanation control, when it ran
-            out["mean_e_mismatched"] = g.get("mean")
+        control = mismatched_group(stats, "selected")
+        if control is not None:
+            out["mean_e_mismatched"] = control.get("mean")
     gt = run.meta.get("ground_truth")
     if isinstance(gt, dict):
         out["ground_truth"] = gt
     return out
 
 
-__all__ = ["PairRow", "key_numbers", "top_pairs"]
+__all__ = ["PairRow", "key_numbers", "mismatched_group", "top_pairs"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -171,9 +172,7 @@ def score_statistics(
 
 
 def _mismatched_stats(
-    cols: dict[str, list],
-    ctl: dict[str, list],
-    good_threshold: float,  # type: ignore[type-arg]
+    cols: dict[str, list[Any]], ctl: dict[str, list[Any]], good_threshold: float
 ) -> dict[str, object]:
     keys = ("layer", "neuron", "head_layer", "head")
     own = {

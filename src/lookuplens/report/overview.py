@@ -19,7 +19,7 @@ from lookuplens.report.data import (
 from lookuplens.report.markup import Html, esc, generic, kv, note, numbers, table
 from lookuplens.report.svg import Series, histogram_svg
 from lookuplens.store import STAGE_TABLES, STAGES
-from lookuplens.summary import mean_kept_ks
+from lookuplens.summary import mean_kept_ks, mismatched_group
 
 __all__ = ["Figure", "e_histogram_section", "overview_section"]
 
@@ -78,10 +78,8 @@ def _key_numbers(t: RunTables, plan: ReportPlan) -> Html:
             items.append((f"mean E, selected {kind}", e_sel))
             items.append((f"mean E, baseline {kind}", e_base))
             if kind == "pairs":
-                stats = t.meta.get("score_stats")
-                mm = stats.get("mismatched") if isinstance(stats, dict) else None
-                g = mm.get("selected") if isinstance(mm, dict) else None
-                if isinstance(g, dict) and g.get("mean") is not None:
+                g = mismatched_group(t.meta.get("score_stats"), "selected")
+                if g is not None and g.get("mean") is not None:
                     items.append(
                         ("mean E, selected pairs, another neuron's explanation", g["mean"])
                     )
@@ -322,13 +320,10 @@ def e_histogram_section(t: RunTables) -> tuple[Html, list[Figure]]:
 
 def _mismatched_line(stats: object) -> str | None:
     """One sentence on the mismatched-explanation control from run.json's score_stats."""
-    m = stats.get("mismatched") if isinstance(stats, dict) else None
-    if not isinstance(m, dict):
-        return None
     bits = []
     for group, label in (("selected", "selected"), ("baseline", "random baseline")):
-        g = m.get(group)
-        if not isinstance(g, dict) or g.get("mean") is None:
+        g = mismatched_group(stats, group)
+        if g is None or g.get("mean") is None:
             continue
         bit = f"{label} {g['mean']:.3f} (n={g.get('n')}"
         if g.get("own_minus_mismatched") is not None:
