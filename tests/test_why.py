@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import Tensor
 
 from lookuplens.errors import UserError
-from lookuplens.model import LoadedModel, load_model
+from lookuplens.model import LoadedModel, hook_name, load_model
 from lookuplens.why import WhyConfig, explain_prediction
 from lookuplens.why_html import render_why
 
@@ -37,11 +39,8 @@ def test_contributions_sum_to_the_logit(lm: LoadedModel, contrast: str | None) -
     assert "<script" not in page and r.neurons[0].name in page
 
 
-def _p_with_zeroed(lm: LoadedModel, prompt: str, target_id: int, neurons: list) -> float:  # type: ignore[type-arg]
-    """p(target) at the last position with the given (layer, neuron) zeroed, by hand."""
-    import torch
-
-    from lookuplens.model import hook_name
+def _logits_with_zeroed(lm: LoadedModel, prompt: str, neurons: list[tuple[int, int]]) -> Tensor:
+    """The logits at the last position with the given (layer, neuron) zeroed, by hand."""
 
     def zero(cols: list[int]):  # type: ignore[no-untyped-def]
         def fn(x, _n):  # type: ignore[no-untyped-def]
@@ -57,7 +56,14 @@ def _p_with_zeroed(lm: LoadedModel, prompt: str, target_id: int, neurons: list) 
     hooks = [(hook_name(layer, "mlp.hook_post"), zero(c)) for layer, c in by.items()]
     logits, _ = lm.run_with_cache(lm.to_tokens(prompt), [], extra_hooks=hooks)
     assert logits is not None
-    return float(torch.softmax(logits[0, -1].double(), -1)[target_id])
+    return logits[0, -1].double()
+
+
+def _p_with_zeroed(
+    lm: LoadedModel, prompt: str, target_id: int, neurons: list[tuple[int, int]]
+) -> float:
+    """p(target) at the last position with the given (layer, neuron) zeroed, by hand."""
+    return float(torch.softmax(_logits_with_zeroed(lm, prompt, neurons), -1)[target_id])
 
 
 @pytest.mark.parametrize("until", [0.999, 1e-9])
@@ -92,10 +98,6 @@ def test_causal_check_names_the_fewest_ranked_neurons_that_reach_the_goal(
 def test_with_a_contrast_token_the_causal_check_halves_the_logit_difference(
     lm: LoadedModel,
 ) -> None:
-    import torch
-
-    from lookuplens.model import hook_name
-
     prompt = "An owl sat on the"
     logits, _ = lm.run_with_cache(lm.to_tokens(prompt), [])
     assert logits is not None
@@ -115,22 +117,8 @@ def test_with_a_contrast_token_the_causal_check_halves_the_logit_difference(
     ranked = [(n.layer, n.neuron) for n in wide.neurons]
 
     def diff_with_zeroed(neurons: list[tuple[int, int]]) -> float:
-        by: dict[int, list[int]] = {}
-        for layer, n in neurons:
-            by.setdefault(layer, []).append(n)
-
-        def zero(cols: list[int]):  # type: ignore[no-untyped-def]
-            def fn(x, _n):  # type: ignore[no-untyped-def]
-                x = x.clone()
-                x[..., cols] = 0
-                return x
-
-            return fn
-
-        hooks = [(hook_name(layer, "mlp.hook_post"), zero(c)) for layer, c in by.items()]
-        out, _ = lm.run_with_cache(lm.to_tokens(prompt), [], extra_hooks=hooks)
-        assert out is not None
-        return float(out[0, -1, r.target_id] - out[0, -1, r.contrast_id])
+        out = _logits_with_zeroed(lm, prompt, neurons)
+        return float(out[r.target_id] - out[r.contrast_id])
 
     d0 = r.ablations[0].diff_before
     assert d0 == pytest.approx(r.logit, abs=1e-4) and d0 > 0
