@@ -94,3 +94,22 @@ def test_config_validation() -> None:
         ReportConfig(max_neurons=-1)
     with pytest.raises(ValueError, match="batch_prompts"):
         ReportConfig(batch_prompts=0)
+
+
+def test_effects_table_explains_the_source_swap_only_when_it_is_shown() -> None:
+    from lookuplens.report.details import SWAP_NOTE, effects_table
+
+    base = {
+        "prompts": 3,
+        "mean_delta_logprob": -0.5,
+        "mean_kl": 0.1,
+        "mean_delta_prob": -0.1,
+        "mean_delta_activation": -1.0,
+    }
+    caption = SWAP_NOTE.split(" (")[0]
+    plain = effects_table([{"intervention": "zero", **base}])
+    assert "zero" in plain and caption not in plain
+    swapped = effects_table(
+        [{"intervention": "zero", **base}, {"intervention": "head_source_swap L0H2", **base}]
+    )
+    assert "head_source_swap L0H2" in swapped and caption in swapped

@@ -416,8 +416,12 @@ def effects_table(rows: Sequence[Mapping[str, object]]) -> Html:
             [[r[k] for k in keys] for r in rows],
             digits=4,
         )
-        + note(SWAP_NOTE)
+        + (note(SWAP_NOTE) if any(_is_swap(r) for r in rows) else "")
     )
+
+
+def _is_swap(row: Mapping[str, object]) -> bool:
+    return str(row["intervention"]).startswith("head_source_swap")
 
 
 SWAP_NOTE = (
