@@ -46,7 +46,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import HookFn, LoadedModel, hook_name
 from lookuplens.store import ShardStore
 
 log = logging.getLogger(__name__)
@@ -246,14 +246,16 @@ def neuron_act(lm: LoadedModel, layer: int, x_normed_pre: Tensor, neurons: Tenso
     """Post-activation of `neurons[i]` given the MLP norm's output rows ``[n, d]``."""
     w_in = lm.W_in(layer)[neurons]  # [n, d]
     pre = (x_normed_pre * w_in).sum(-1)
-    if lm.b_in(layer) is not None:
-        pre = pre + lm.b_in(layer)[neurons]
+    b_in = lm.b_in(layer)
+    if b_in is not None:
+        pre = pre + b_in[neurons]
     post = lm.act_fn(layer)(pre)
     w_up = lm.W_up(layer)
     if w_up is not None:
         up = (x_normed_pre * w_up[neurons]).sum(-1)
-        if lm.b_up(layer) is not None:
-            up = up + lm.b_up(layer)[neurons]
+        b_up = lm.b_up(layer)
+        if b_up is not None:
+            up = up + b_up[neurons]
         post = post * up
     return post
 
@@ -419,7 +421,7 @@ class Attributor:
         def grab(x: Tensor, _n: str) -> None:
             out["post"] = x
 
-        hooks = [(hook_name(l_, "attn.hook_z"), track(l_)) for l_ in ups]
+        hooks: list[tuple[str, HookFn]] = [(hook_name(l_, "attn.hook_z"), track(l_)) for l_ in ups]
         hooks.append((hook_name(L, "mlp.hook_post"), grab))
         lm.run_with_cache(
             b.ids, [], attention_mask=b.mask, stop_after_layer=L, extra_hooks=hooks, grad=True

@@ -136,6 +136,7 @@ class RichReporter:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            TaskID,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
@@ -154,7 +155,7 @@ class RichReporter:
             disable=quiet,
             transient=True,
         )
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def start(self, stage: str, total: int | None, unit: str) -> None:
         if self.task is None:

@@ -94,7 +94,9 @@ def neuron_activation_at(
     """
     out = np.empty(len(prompts), dtype=np.float64)
     layer_of = [int(n[0]) for n in neurons]
-    order = np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
+    order: np.ndarray | list[int] = (
+        np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
+    )
     pad = lm.tokenizer.pad_token_id
     pad = pad if pad is not None else (lm.bos_token_id or 0)
     start = 0

@@ -143,7 +143,7 @@ def _forward(
 
 def _neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Callable:
     def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
-        hooks = []
+        hooks: list[tuple[str, Callable[[Tensor, str], Tensor | None]]] = []
         for layer in sorted({r.layer for r in rows}):
             idx = [i for i, r in enumerate(rows) if r.layer == layer]
             sel = torch.tensor(idx)
@@ -177,7 +177,7 @@ def _head_edit(heads: list[tuple[int, int]], donor: dict[int, Tensor] | None = N
     each head layer from another run of the same batch shape) patch in its value there."""
 
     def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
-        hooks = []
+        hooks: list[tuple[str, Callable[[Tensor, str], Tensor | None]]] = []
         for hl in sorted({h[0] for h in heads}):
             idx = [i for i, h in enumerate(heads) if h[0] == hl]
             sel = torch.tensor(idx)
@@ -289,13 +289,13 @@ def verify_run(
             if on_progress is not None:
                 on_progress(done, total)
     for j in range(0, len(head_jobs), cfg.batch_rows):
-        part = head_jobs[j : j + cfg.batch_rows]
-        part_rows = [r for r, _ in part]
-        lp2, act2 = _forward(lm, part_rows, _head_edit([h for _, h in part]))
-        for i, (r, h) in enumerate(part):
+        part_h = head_jobs[j : j + cfg.batch_rows]
+        part_rows = [r for r, _ in part_h]
+        lp2, act2 = _forward(lm, part_rows, _head_edit([h for _, h in part_h]))
+        for i, (r, head) in enumerate(part_h):
             c_lp, c_act = clean[r.example_id]
-            _append(out, r, "head_zero_ablation", c_lp, lp2[i], c_act, float(act2[i]), h)
-        done += len(part)
+            _append(out, r, "head_zero_ablation", c_lp, lp2[i], c_act, float(act2[i]), head)
+        done += len(part_h)
         if on_progress is not None:
             on_progress(done, total)
     swap_jobs = (
@@ -322,9 +322,9 @@ def verify_run(
         )
         edit = _head_edit([h for _, h, _ in part_s], {hl: donor[n] for hl, n in names.items()})
         lp2, act2 = _forward(lm, [r for r, _, _ in part_s], edit)
-        for i, (r, h, sw) in enumerate(part_s):
+        for i, (r, head, sw) in enumerate(part_s):
             c_lp, c_act = clean[r.example_id]
-            _append(out, r, "head_source_swap", c_lp, lp2[i], c_act, float(act2[i]), h, sw)
+            _append(out, r, "head_source_swap", c_lp, lp2[i], c_act, float(act2[i]), head, sw)
         done += len(part_s)
         if on_progress is not None:
             on_progress(done, total)
@@ -434,8 +434,8 @@ def _source_swaps(
             s = int(reads[r.example_id][hl][h])
             if s < 0:
                 continue
-            for k in range(len(pool)):
-                t = pool[(i + k) % len(pool)]
+            for off in range(len(pool)):
+                t = pool[(i + off) % len(pool)]
                 if t != r.tokens[s]:
                     jobs.append((r, (hl, h), (s, t)))
                     break

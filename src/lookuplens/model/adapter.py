@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from lookuplens.errors import ContextLengthError, ModelLoadError
 from lookuplens.model.arch import ArchSpec, spec_for
 from lookuplens.model.hooks import HookFn, parse_hook_name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class LoadedModel:
     ``W_U`` is ``[d_model, d_vocab]``.
     """
 
-    def __init__(self, hf: nn.Module, tokenizer: Any, spec: ArchSpec, name: str) -> None:
+    def __init__(self, hf: PreTrainedModel, tokenizer: Any, spec: ArchSpec, name: str) -> None:
         self.hf = hf
         self.tokenizer = tokenizer
         self.spec = spec
@@ -122,7 +125,9 @@ class LoadedModel:
             spec.parallel_residual_attr and getattr(cfg, spec.parallel_residual_attr, False)
         )
         self.max_context: int = int(
-            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024)
+            getattr(cfg, "max_position_embeddings", None)
+            # cast: mypy would infer this getattr from the left operand (Any | None)
+            or cast(int, getattr(cfg, "n_positions", 1024))
         )
         o_in = self.W_O(0).shape
         if o_in[0] * o_in[1] != self.n_heads * self.d_head:
@@ -169,7 +174,7 @@ class LoadedModel:
             raise ModelLoadError(f"cannot find the epsilon of norm {type(norm).__name__}")
         return NormParams(
             kind=self.spec.norm,
-            weight=norm.weight,
+            weight=cast(Tensor, norm.weight),
             bias=getattr(norm, "bias", None),
             eps=float(eps),
         )
@@ -180,7 +185,7 @@ class LoadedModel:
     # ------------------------------------------------------------------ weights
     def _linear_weight(self, mod: nn.Module) -> Float[Tensor, "d_out d_in"]:
         """Weight as ``[out, in]`` whatever the storage."""
-        w: Tensor = mod.weight
+        w = cast(Tensor, mod.weight)
         return w.T if self.spec.conv1d else w
 
     def W_in(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
@@ -227,7 +232,7 @@ class LoadedModel:
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.hf.get_input_embeddings().weight
+        return cast(Tensor, self.hf.get_input_embeddings().weight)
 
     # ------------------------------------------------------------------ hooks
     @contextlib.contextmanager
@@ -643,14 +648,16 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {name!r}: {e}".splitlines()[0]) from e
-    hf.to(dev)
+    # transformers wraps PreTrainedModel.to in functools.wraps, whose stub (_Wrapped) does
+    # not bind self, so mypy takes `dev` for the model
+    hf.to(dev)  # type: ignore[arg-type]
     hf.eval()
     hf.requires_grad_(False)
     log.debug("loaded %s (%s) on %s", name, spec.name, dev)
     return LoadedModel(hf, tokenizer, spec, name)
 
 
-def from_hf(hf: nn.Module, tokenizer: Any, name: str = "in-memory") -> LoadedModel:
+def from_hf(hf: PreTrainedModel, tokenizer: Any, name: str = "in-memory") -> LoadedModel:
     """Wrap an already loaded model (for notebooks and tests)."""
     spec = spec_for(hf.config.model_type)
     hf.eval()

@@ -75,7 +75,9 @@ def tiny_config(
             eos_token_id=0,
         )
     if family in ("gpt_neox", "gpt_neox_seq"):
-        return tf.GPTNeoXConfig(
+        # the config's typed __init__ lists only its fields; legacy keywords such as
+        # rotary_pct are still accepted at runtime (moved into rope_parameters)
+        return tf.GPTNeoXConfig(  # type: ignore[call-arg]
             vocab_size=vocab_size,
             max_position_embeddings=n_ctx,
             hidden_size=d_model,
@@ -90,7 +92,7 @@ def tiny_config(
             bos_token_id=0,
             eos_token_id=0,
         )
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         max_position_embeddings=n_ctx,
         hidden_size=d_model,

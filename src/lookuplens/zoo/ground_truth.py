@@ -72,9 +72,9 @@ def compare(
     neurons = run.read_df("neurons")
     pairs = run.read_df("pairs") if run.has_table("pairs") else None
     kind_of: dict[str, str] = {}
-    for kind, planted in PLANTED.items():
+    for planted_kind, planted in PLANTED.items():
         for t in planted.targets:
-            kind_of[t] = kind
+            kind_of[t] = planted_kind
     sel = neurons[neurons.selected & neurons.token.isin(list(kind_of))]
     truth: set[tuple[str, int, int]] = set()
     heads_by_kind: dict[str, list[str]] = {}

@@ -17,10 +17,10 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from lookuplens.zoo.storyworld import (
     generate_corpus,
     single_token_words,
 )
+
+if TYPE_CHECKING:
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 logger = logging.getLogger(__name__)
 
@@ -483,7 +486,7 @@ def train(
     model.train()
     mlp_acts: list[torch.Tensor] = []
     if cfg.act_l1 > 0:
-        for block in model.transformer.h:
+        for block in cast("Iterable[GPT2Block]", model.transformer.h):
             block.mlp.act.register_forward_hook(
                 lambda m, _i, out: mlp_acts.append(out) if m.training else None
             )
