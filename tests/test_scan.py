@@ -266,3 +266,12 @@ def test_neuron_activation_at_equals_the_native_mlp(
         _, cache = lm.run_with_cache(torch.tensor([toks]), [hook_name(layer, "mlp.hook_post")])
         want = float(cache[hook_name(layer, "mlp.hook_post")][0, -1, n])
         assert g == pytest.approx(want, abs=1e-5), (family, layer, n)
+
+
+def test_silent_limit_is_a_share_of_the_median_top_activation_never_below_zero() -> None:
+    from lookuplens.contrast import silent_limit
+
+    assert silent_limit(0.2, [1.0, 3.0, 10.0]) == pytest.approx(0.6)
+    assert silent_limit(0.2, np.array([4.0, 6.0])) == pytest.approx(1.0)
+    # a neuron whose top prompts do not fire on median: only a non-positive value is silent
+    assert silent_limit(0.2, [-1.0, -0.5, 0.3]) == 0.0

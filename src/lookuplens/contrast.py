@@ -23,7 +23,7 @@ firings are; cut to the mirrored length, a contrast prompt may fire the neuron a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -64,6 +64,13 @@ class Contrast:
     """The prompt: ``[BOS] + doc[start : position + 1]``, as long as the prompt it mirrors."""
 
 
+def silent_limit(fraction: float, top_activations: Sequence[float] | np.ndarray) -> float:
+    """The activation at or below which a neuron counts as silent: ``fraction`` of the
+    median over its top prompts (0 when that median is not positive). Contrast prompts
+    and the verify stage's source-swap pool use the same rule."""
+    return fraction * max(float(np.median(np.asarray(top_activations, dtype=float))), 0.0)
+
+
 def find_contrasts(
     lm: LoadedModel,
     spec: CorpusSpec,
@@ -91,7 +98,7 @@ def find_contrasts(
         ["layer", "neuron"], sort=True
     ):
         key = (int(layer), int(neuron))
-        threshold[key] = fraction * max(float(np.median(g.activation)), 0.0)
+        threshold[key] = silent_limit(fraction, g.activation.to_numpy())
         own_docs[key] = set(int(d) for d in g.doc_id)
         rows = g.to_dict("records")
         for i in range(per_neuron):

@@ -53,6 +53,7 @@ from scipy import stats
 from torch import Tensor
 
 from lookuplens.attribute import _pad
+from lookuplens.contrast import silent_limit
 from lookuplens.model import LoadedModel, hook_name
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,8 @@ def _source_swaps(
     the word the head reads on the prompt, replaced by the word it reads on one of the
     neuron's contrast prompts that are silent as stored (`acts`: the clean activation of
     every example; silent: at most ``swap_silent_fraction`` of the median over the top
-    prompts), taken in turn, skipping the same word."""
+    prompts, `contrast.silent_limit`, the contrast search's rule), taken in turn, skipping
+    the same word."""
     if "kind" not in ex or not heads:
         return []
     kind = dict(zip(ex.example_id.astype(int), ex.kind, strict=True))
@@ -410,8 +412,7 @@ def _source_swaps(
         side.setdefault((r.layer, r.neuron), []).append(r)
     for k, rs in cons.items():
         if k in tops:
-            top_acts = [acts[r.example_id] for r in tops[k]]
-            limit = cfg.swap_silent_fraction * float(np.median(top_acts))
+            limit = silent_limit(cfg.swap_silent_fraction, [acts[r.example_id] for r in tops[k]])
             cons[k] = [r for r in rs if acts[r.example_id] <= limit]
     heads = [h for h in heads if cons.get((h[0], h[1])) and tops.get((h[0], h[1]))]
     if not heads:
