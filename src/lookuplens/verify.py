@@ -54,7 +54,7 @@ from torch import Tensor
 
 from lookuplens.attribute import _pad
 from lookuplens.contrast import silent_limit
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import HookFn, LayerCall, LoadedModel, hook_name
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class _Row:
 def _forward(
     lm: LoadedModel,
     rows: list[_Row],
-    edit: Callable[[list[_Row]], list[tuple[str, Callable[[Tensor, str], Tensor | None]]]] | None,
-    calls: list | None = None,  # type: ignore[type-arg]
+    edit: Callable[[list[_Row]], list[tuple[str, HookFn]]] | None,
+    calls: list[LayerCall] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs of the next token at each prompt's last position, and the neuron's activation.
 
@@ -143,8 +143,8 @@ def _forward(
 
 
 def _neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Callable:
-    def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
-        hooks: list[tuple[str, Callable[[Tensor, str], Tensor | None]]] = []
+    def make(rows: list[_Row]) -> list[tuple[str, HookFn]]:
+        hooks: list[tuple[str, HookFn]] = []
         for layer in sorted({r.layer for r in rows}):
             idx = [i for i, r in enumerate(rows) if r.layer == layer]
             sel = torch.tensor(idx)
@@ -177,8 +177,8 @@ def _head_edit(heads: list[tuple[int, int]], donor: dict[int, Tensor] | None = N
     """Zero the head ``heads[i]`` for row i at every position, or with `donor` (``z`` of
     each head layer from another run of the same batch shape) patch in its value there."""
 
-    def make(rows: list[_Row]) -> list[tuple[str, Callable[[Tensor, str], Tensor | None]]]:
-        hooks: list[tuple[str, Callable[[Tensor, str], Tensor | None]]] = []
+    def make(rows: list[_Row]) -> list[tuple[str, HookFn]]:
+        hooks: list[tuple[str, HookFn]] = []
         for hl in sorted({h[0] for h in heads}):
             idx = [i for i, h in enumerate(heads) if h[0] == hl]
             sel = torch.tensor(idx)
