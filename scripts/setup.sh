@@ -36,6 +36,13 @@ if [ ! -e "$stamp" ]; then
   .venv/bin/python -c "import lookuplens, torch; print('setup: lookuplens', lookuplens.__version__, 'torch', torch.__version__)"
   touch "$stamp"
 fi
+# the tokenizer tests use the real Mistral v1 SentencePiece file that ships inside the
+# mistral-common package; only its data is needed, so none of its dependencies (which pin
+# numpy) are installed
+if [ "$want_test" = 1 ] && ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('mistral_common') is None)"; then
+  echo "setup: installing mistral-common (its tokenizer files, for the tests)"
+  "${pip[@]}" install --no-deps "mistral-common>=1.5"
+fi
 # the dashboard's browser tests drive Debian's chromium through Playwright; never a
 # browser download (no `playwright install`)
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -25,8 +25,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lookuplens.choices import check_choices
 from lookuplens.errors import UserError
 from lookuplens.model import LoadedModel
+from lookuplens.model.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,11 @@ class NeuronsConfig:
     """``folded``: final-norm scale folded into W_U, W_U centred over the vocabulary, W_out
     centred for LayerNorm models. ``raw``: the paper's plain W_out . W_U."""
     token_filter: TokenFilter = "paper"
-    """``paper``: the top token must start with a space and be longer than 2 characters."""
+    """``paper``: the top token starts a word and its text, with the separating space, is
+    longer than 2 characters (" an"), under any tokenizer convention; ``none``: any token."""
     exclude_tokens: tuple[str, ...] = ()
-    """Tokens never accepted as a neuron's top token (exact strings, leading space included)."""
+    """Tokens never accepted as a neuron's top token: running text with its leading space
+    (" the") or the raw vocabulary entry ("▁the")."""
     min_kurtosis: float | None = None
     """Keep only neurons whose congruence over the vocabulary has at least this kurtosis."""
     tokens: tuple[str, ...] = ()
@@ -62,6 +66,7 @@ class NeuronsConfig:
     """Vocabulary entries per block of the congruence computation (memory bound)."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
         if self.n_baseline is not None and self.n_baseline < 0:
@@ -179,28 +184,26 @@ def layer_congruence(
     )
 
 
-def token_passes(token: str, cfg: NeuronsConfig) -> bool:
-    """The token filter on a neuron's top token."""
-    if token in cfg.exclude_tokens:
+def token_passes(vocab: Vocab, token_id: int, cfg: NeuronsConfig) -> bool:
+    """The token filter on a neuron's top token, under the tokenizer's convention.
+
+    ``paper``: the token starts a word and its running text, separating space included,
+    is longer than 2 characters (" an", " apple"; not " a", not a continuation piece),
+    the paper's rule for GPT-2 read the same way under SentencePiece ("▁an"), WordPiece
+    and word-level tokenizers. Special tokens never pass.
+    """
+    text = vocab.text(token_id)
+    if text in cfg.exclude_tokens or vocab.piece(token_id) in cfg.exclude_tokens:
         return False
     if cfg.token_filter == "paper":
-        return token.startswith(" ") and len(token) > 2 and token.strip() != ""
+        return vocab.starts_word(token_id) and len(text) > 2 and text.strip() != ""
     return True
 
 
 def resolve_tokens(lm: LoadedModel, tokens: tuple[str, ...]) -> list[int]:
-    """Map each requested token string to its single token id, or say which one is not a token."""
-    ids = []
-    for t in tokens:
-        enc = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
-            pieces = [lm.token_str(i) for i in enc]
-            raise UserError(
-                f"{t!r} is not a single token of this model's tokenizer (it splits into "
-                f"{pieces}); pass a single token, with its leading space if it has one"
-            )
-        ids.append(int(enc[0]))
-    return ids
+    """Map each requested token string (" an", "an", "▁an") to its single token id, or say
+    which one is not a token (see `Vocab.resolve`)."""
+    return [lm.resolve_token(t, "token") for t in tokens]
 
 
 def find_neurons(
@@ -216,8 +219,16 @@ def find_neurons(
     """
     layers = resolve_layers(lm, cfg.layers)
     token_ids = resolve_tokens(lm, cfg.tokens) if cfg.tokens else None
+    if token_ids:
+        log.info(
+            "aiming at %s",
+            ", ".join(
+                f"{typed!r} -> {lm.token_str(t)!r} (id {t})"
+                for typed, t in zip(cfg.tokens, token_ids, strict=True)
+            ),
+        )
     w_u = unembed_matrix(lm, cfg.congruence)
-    vocab_str = {i: lm.token_str(i) for i in range(lm.d_vocab)} if lm.d_vocab <= 300_000 else {}
+    vocab = lm.vocab
     rng = np.random.default_rng(cfg.seed)
     cols: dict[str, list[np.ndarray]] = {
         k: []
@@ -263,8 +274,7 @@ def find_neurons(
             for n in order:
                 if kept == cfg.top_n:
                     break
-                tok = vocab_str.get(int(lc.top_token[n])) or lm.token_str(int(lc.top_token[n]))
-                if not token_passes(tok, cfg):
+                if not token_passes(vocab, int(lc.top_token[n]), cfg):
                     continue
                 if cfg.min_kurtosis is not None and lc.kurtosis[n] < cfg.min_kurtosis:
                     continue
@@ -289,7 +299,7 @@ def find_neurons(
         cols["selected"].append(selected)
         cols["baseline"].append(baseline)
         cols["target_token_id"].append(target)
-        tokens_col.extend(vocab_str.get(int(t)) or lm.token_str(int(t)) for t in lc.top_token)
+        tokens_col.extend(vocab.text(int(t)) for t in lc.top_token)
         log.debug("layer %d: %d selected, %d baseline", layer, selected.sum(), baseline.sum())
         if on_layer is not None:
             on_layer(i + 1, len(layers))

@@ -34,7 +34,8 @@ class WhyConfig:
     """What to explain and how much of it to show."""
 
     target: str | None = None
-    """The token to explain (leading space included); None: the model's top prediction."""
+    """The token to explain, as typed (" an", "▁an", see `Vocab.resolve`); None: the
+    model's top prediction."""
     contrast: str | None = None
     """Explain the logit difference target minus this token instead."""
     position: int = -1
@@ -169,17 +170,6 @@ class WhyResult:
         return dataclasses.asdict(self)
 
 
-def _single_token(lm: LoadedModel, text: str, what: str) -> int:
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [lm.token_str(i) for i in ids]
-        raise UserError(
-            f"{what} {text!r} is not a single token of this model (it splits into {pieces}); "
-            "pass one token, with its leading space if it has one"
-        )
-    return int(ids[0])
-
-
 def _final_direction(lm: LoadedModel, x: Tensor, w: Tensor) -> tuple[Tensor, float]:
     """Final norm frozen at residual x: norm(y) . w == y . w_eff + const."""
     p = lm.norm_params(lm.final_norm)
@@ -224,11 +214,11 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
     assert logits is not None
     logp = torch.log_softmax(logits[0, p].double(), -1)
     top_id = int(logp.argmax())
-    target_id = _single_token(lm, cfg.target, "target") if cfg.target else top_id
+    target_id = lm.resolve_token(cfg.target, "target") if cfg.target else top_id
     w = lm.W_U[:, target_id].double()
     contrast_id = None
     if cfg.contrast:
-        contrast_id = _single_token(lm, cfg.contrast, "contrast token")
+        contrast_id = lm.resolve_token(cfg.contrast, "contrast token")
         w = w - lm.W_U[:, contrast_id].double()
     x = cache[hook_name(L - 1, "hook_resid_post")][0, p]
     w_eff, const = _final_direction(lm, x, w)

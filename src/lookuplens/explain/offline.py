@@ -266,7 +266,7 @@ class OfflineExplainer:
         top = [
             {
                 "id": int(toks[j]),
-                "text": self.lm.tokenizer.decode([int(toks[j])]),
+                "text": self.lm.token_str(int(toks[j])),
                 "mean_attention_active": float(ma[j] / n_a),
                 "mean_attention_inactive": float(mi[j] / n_i),
                 "z": float(z[j]),
@@ -319,9 +319,9 @@ class OfflineExplainer:
     ) -> dict[str, object]:
         kind, gram = c.cue
         text = (
-            ", ".join(self.lm.tokenizer.decode([t]).strip() for t in gram)
+            ", ".join(self.lm.token_str(t).strip() for t in gram)
             if kind == "any_of"
-            else self.lm.tokenizer.decode(list(gram))
+            else self.lm.vocab.join(gram)
         )
         out: dict[str, object] = {
             "kind": kind,
@@ -383,7 +383,7 @@ class OfflineExplainer:
             if f["kind"] == "any_of":
                 ids = list(f["ids"])  # type: ignore[call-overload]
                 seen = list(f["seen_ids"])[:6] or ids[:6]  # type: ignore[call-overload]
-                shown = ", ".join(f'"{self.lm.tokenizer.decode([t]).strip()}"' for t in seen)
+                shown = ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen)
                 parts.append(
                     f"contains a word the head looks up to drive the neuron ({shown}; "
                     f"{len(ids)} such tokens)"

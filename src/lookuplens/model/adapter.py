@@ -13,6 +13,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from lookuplens.errors import ContextLengthError, ModelLoadError
 from lookuplens.model.arch import ArchSpec, spec_for
 from lookuplens.model.hooks import HookFn, parse_hook_name
+from lookuplens.model.vocab import Vocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -573,8 +575,46 @@ class LoadedModel:
         b = getattr(tok, "bos_token_id", None)
         return b if b is not None else getattr(tok, "eos_token_id", None)
 
+    @cached_property
+    def vocab(self) -> Vocab:
+        """The tokenizer's tokens as running text, under its convention (see `Vocab`)."""
+        return Vocab(self.tokenizer, size=self.d_vocab)
+
     def token_str(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([int(token_id)]))
+        """The text a token adds in running text: " an" for "Ġan" and "▁an" alike."""
+        return self.vocab.text(token_id)
+
+    def resolve_token(self, text: str, what: str = "token") -> int:
+        """The token id of a string as people type it (" an", "an", "▁an"); see `Vocab`."""
+        return self.vocab.resolve(text, what)
+
+
+_TOKENIZER_PACKAGES = {
+    "sentencepiece": "sentencepiece",
+    "protobuf": "protobuf",
+    "google.protobuf": "protobuf",
+    "tiktoken": "tiktoken",
+    "blobfile": "blobfile",
+}
+
+
+def _needed_package(message: str) -> str | None:
+    """The pip package a tokenizer's loading error asks for, if it names one."""
+    low = message.lower()
+    for needle, package in _TOKENIZER_PACKAGES.items():
+        if needle in low and ("install" in low or "no module" in low or "requires" in low):
+            return package
+    return None
+
+
+def _missing_package_message(name: str, e: BaseException) -> str:
+    package = _needed_package(str(e)) or getattr(e, "name", None)
+    if package:
+        return (
+            f"cannot load the tokenizer of {name!r}: it needs the Python package {package!r}; "
+            f"install it (pip install {package}) and run again"
+        )
+    return f"cannot load the tokenizer of {name!r}: {e}".splitlines()[0]
 
 
 def _looks_like_path(name: str) -> bool:
@@ -646,7 +686,11 @@ def load_model(
             local_files_only=local_only,
         )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except ImportError as e:
+        raise ModelLoadError(_missing_package_message(name, e)) from e
     except (OSError, ValueError) as e:
+        if _needed_package(str(e)):
+            raise ModelLoadError(_missing_package_message(name, e)) from e
         raise ModelLoadError(f"cannot load model {name!r}: {e}".splitlines()[0]) from e
     # transformers wraps PreTrainedModel.to in functools.wraps, whose stub (_Wrapped) does
     # not bind self, so mypy takes `dev` for the model

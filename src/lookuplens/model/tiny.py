@@ -1,7 +1,11 @@
 """Tiny random-weight models of every supported family, for tests and benchmarks.
 
-`build_tiny_model` writes a model and a byte-level BPE tokenizer with `save_pretrained`,
-so that they load through `load_model`, the same path users take.
+`build_tiny_model` writes a model and a tokenizer with `save_pretrained`, so that they
+load through `load_model`, the same path users take. The tokenizer is one of the
+conventions `lookuplens.model.vocab` knows: byte-level BPE trained on a few sentences
+(GPT-2 style, the default), the real SentencePiece model of Mistral 7B v1 (32,000
+pieces, shipped in the PyPI package ``mistral-common``), a word-level or a WordPiece
+tokenizer trained on a few sentences.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch
 
 TinyFamily = Literal["gpt2", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2"]
 TINY_FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2")
+TokenizerKind = Literal["byte_level", "sentencepiece", "word_level", "wordpiece"]
+TOKENIZER_KINDS: tuple[str, ...] = ("byte_level", "sentencepiece", "word_level", "wordpiece")
 
 _DEFAULT_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -24,8 +30,19 @@ _DEFAULT_TEXTS = (
 )
 
 
-def build_tokenizer(texts: Sequence[str] = _DEFAULT_TEXTS, vocab_size: int = 300) -> Any:
-    """A GPT-2-style byte-level BPE tokenizer (tokens carry their leading space)."""
+def build_tokenizer(
+    texts: Sequence[str] = _DEFAULT_TEXTS, vocab_size: int = 300, kind: str = "byte_level"
+) -> Any:
+    """A tokenizer of the given convention (see the module docstring); `texts` and
+    `vocab_size` train the byte-level, word-level and WordPiece ones."""
+    if kind == "sentencepiece":
+        return mistral_sentencepiece_tokenizer()
+    if kind == "word_level":
+        return _word_level_tokenizer(texts)
+    if kind == "wordpiece":
+        return _wordpiece_tokenizer(texts, vocab_size)
+    if kind != "byte_level":
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose from {TOKENIZER_KINDS}")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,6 +62,74 @@ def build_tokenizer(texts: Sequence[str] = _DEFAULT_TEXTS, vocab_size: int = 300
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         pad_token="<|endoftext|>",
+    )
+
+
+def mistral_sentencepiece_file() -> Path:
+    """The SentencePiece model of Mistral 7B v1 as shipped by the ``mistral-common`` package
+    (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mistral_common")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "data" / "tokenizer.model.v1"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "the Mistral v1 SentencePiece file comes with the mistral-common package: "
+        "pip install --no-deps mistral-common (bash scripts/setup.sh --test does)"
+    )
+
+
+def mistral_sentencepiece_tokenizer() -> Any:
+    """The real Mistral 7B v1 tokenizer (SentencePiece, "▁" word starts, byte fallback)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(mistral_sentencepiece_file(), Path(tmp) / "tokenizer.model")
+        (Path(tmp) / "tokenizer_config.json").write_text(
+            '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", '
+            '"unk_token": "<unk>", "add_bos_token": true, "add_eos_token": false, '
+            '"legacy": false}'
+        )
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def _word_level_tokenizer(texts: Sequence[str]) -> Any:
+    """Every whitespace- or punctuation-separated word of `texts` one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["<s>", "<unk>"], show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<s>", unk_token="<unk>", pad_token="<s>"
+    )
+
+
+def _wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """BERT-style WordPiece: continuation pieces marked with "##"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[CLS]", "[UNK]"], show_progress=False
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="[CLS]",
+        eos_token="[CLS]",
+        unk_token="[UNK]",
+        pad_token="[CLS]",
     )
 
 
@@ -127,13 +212,19 @@ def build_tiny_model(
     out_dir: str | Path,
     seed: int = 0,
     texts: Sequence[str] = _DEFAULT_TEXTS,
+    tokenizer: str = "byte_level",
     **config_kwargs: int,
 ) -> Path:
-    """Build a random-weight model of `family` and save it with its tokenizer to `out_dir`."""
+    """Build a random-weight model of `family` and save it with its tokenizer to `out_dir`
+    (`tokenizer`: one of `TOKENIZER_KINDS`)."""
     from transformers import AutoModelForCausalLM
 
-    tok = build_tokenizer(texts)
+    tok = build_tokenizer(texts, kind=tokenizer)
     cfg = tiny_config(family, vocab_size=len(tok), **config_kwargs)
+    # the tokenizer's own special ids (the Mistral tokenizer's <s> is 1, not 0)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else 0
+    eos = tok.eos_token_id if tok.eos_token_id is not None else bos
+    cfg.bos_token_id, cfg.eos_token_id = bos, eos
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     _perturb(model, seed)

@@ -83,10 +83,10 @@ def _load_tokenizer(meta: dict[str, object]) -> tuple[Any | None, str]:
 
 
 def _tokenizer_decode(tok: Any) -> Callable[[int], str]:
-    def decode(token_id: int) -> str:
-        return str(tok.decode([token_id]))
+    """Each token's running text under the tokenizer's convention (as `LoadedModel.token_str`)."""
+    from lookuplens.model.vocab import Vocab
 
-    return decode
+    return Vocab(tok).text
 
 
 def _congruence_mode(meta: dict[str, object]) -> Literal["folded", "raw"]:

@@ -66,7 +66,7 @@ class WhyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1, max_length=HARD_MAX_PROMPT_CHARS)
     target: str | None = Field(default=None, max_length=200)
-    """The token to explain (leading space included); empty: the top prediction."""
+    """The token to explain, as typed (" an", "▁an"); empty: the top prediction."""
     position: int = Field(default=-1, ge=-100_000, le=100_000)
     top_neurons: int = Field(default=5, ge=1, le=20)
     top_heads: int = Field(default=3, ge=1, le=10)

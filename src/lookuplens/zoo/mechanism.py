@@ -129,8 +129,12 @@ def congruence(model: GPT2LMHeadModel, layer: int) -> Tensor:
 def word_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Tensor:
     """[vocab] bool: tokens the paper's filter accepts as a neuron's top token (a leading
     space and more than 2 characters, e.g. ``" an"``)."""
-    texts = [str(tokenizer.decode([i])) for i in range(vocab_size)]
-    return torch.tensor([t.startswith(" ") and len(t) > 2 for t in texts])
+    from lookuplens.model.vocab import Vocab
+
+    vocab = Vocab(tokenizer, size=vocab_size)
+    return torch.tensor(
+        [vocab.starts_word(i) and len(vocab.text(i)) > 2 for i in range(vocab_size)]
+    )
 
 
 @dataclass(frozen=True)
