@@ -46,6 +46,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from lookuplens.choices import check_choices
 from lookuplens.model import HookFn, LoadedModel, hook_name
 from lookuplens.store import ShardStore
 
@@ -109,6 +110,7 @@ class AttributeConfig:
     """Seed of the resample ablation's choice of donor examples."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(

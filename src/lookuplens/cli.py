@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -203,89 +204,97 @@ def _none_if_zero(v: object) -> object:
     return v or None
 
 
-_OPTION_PATHS: dict[str, tuple[tuple[str, ...], Callable[[Any], object]]] = {
-    "model": (("model",), str),
-    "corpus": (("corpus.source",), str),
-    "text_field": (("corpus.text_field",), str),
-    "max_docs": (("corpus.max_docs",), _none_if_zero),
-    "max_tokens": (("corpus.max_tokens",), _none_if_zero),
-    "max_context": (("corpus.max_context",), _none_if_zero),
-    "storyworld_docs": (("corpus.storyworld_docs",), int),
-    "device": (("device",), str),
-    "dtype": (("dtype",), str),
-    "seed": (("seed", "neurons.seed", "examples.seed", "attribute.seed"), int),
-    "layers": (("neurons.layers",), lambda v: _csv_ints(str(v))),
-    "top_n": (("neurons.top_n",), int),
-    "tokens": (("neurons.tokens",), lambda v: _csv_tokens(str(v))),
-    "token_filter": (("neurons.token_filter",), str),
-    "k": (("scan.k",), int),
-    "batch_tokens": (("scan.batch_tokens",), int),
-    "shard_docs": (("scan.shard_docs",), int),
-    "methods": (("attribute.methods",), lambda v: tuple(m.strip() for m in str(v).split(","))),
-    "label_rule": (("attribute.label_rule",), str),
-    "backend": (("backend",), str),
-    "ray_address": (("ray.address",), lambda v: str(v) or None),
-    "workers": (("ray.workers",), lambda v: int(v) or None),
+@dataclass(frozen=True)
+class _Option:
+    """A run option: the RunConfig fields it sets (dotted) and how its value converts."""
+
+    paths: tuple[str, ...]
+    to_config: Callable[[Any], object] = lambda v: v
+    """The command-line value as the config's value."""
+    to_cli: Callable[[Any], object] = lambda v: v
+    """The config's default as the command line shows it."""
+
+
+def _join(v: object) -> str:
+    return ",".join(str(x) for x in v) if v else ""  # type: ignore[attr-defined]
+
+
+_OPTIONS: dict[str, _Option] = {
+    "model": _Option(("model",), str),
+    "corpus": _Option(("corpus.source",), str),
+    "text_field": _Option(("corpus.text_field",), str),
+    "max_docs": _Option(("corpus.max_docs",), _none_if_zero, lambda v: v or 0),
+    "max_tokens": _Option(("corpus.max_tokens",), _none_if_zero, lambda v: v or 0),
+    "max_context": _Option(("corpus.max_context",), _none_if_zero, lambda v: v or 0),
+    "storyworld_docs": _Option(("corpus.storyworld_docs",), int),
+    "device": _Option(("device",), str),
+    "dtype": _Option(("dtype",), str),
+    "seed": _Option(("seed", "neurons.seed", "examples.seed", "attribute.seed"), int),
+    "layers": _Option(("neurons.layers",), lambda v: _csv_ints(str(v)), _join),
+    "top_n": _Option(("neurons.top_n",), int),
+    "tokens": _Option(("neurons.tokens",), lambda v: _csv_tokens(str(v)), _join),
+    "token_filter": _Option(("neurons.token_filter",), str),
+    "k": _Option(("scan.k",), int),
+    "batch_tokens": _Option(("scan.batch_tokens",), int),
+    "shard_docs": _Option(("scan.shard_docs",), int),
+    "methods": _Option(
+        ("attribute.methods",), lambda v: tuple(m.strip() for m in str(v).split(",")), _join
+    ),
+    "label_rule": _Option(("attribute.label_rule",), str),
+    "backend": _Option(("backend",), str),
+    "ray_address": _Option(("ray.address",), lambda v: str(v) or None, lambda v: v or ""),
+    "workers": _Option(("ray.workers",), lambda v: int(v) or None, lambda v: v or 0),
 }
-"""CLI option -> the RunConfig fields it sets (dotted), and how its value converts."""
+"""CLI option -> the RunConfig fields it sets. Its default is read from `RunConfig`, and a
+value given on the command line always wins over a preset and a config file."""
 
 
-def _set_path(d: dict[str, Any], path: str, value: object) -> None:
-    *parents, leaf = path.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[leaf] = value
+def _given(ctx: Any, names: Iterable[str]) -> list[str]:
+    """The options the user set on the command line (or through the environment)."""
+    out = []
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            out.append(name)
+    return out
 
 
-def _load_toml(path: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+def run_overrides(opts: dict[str, object], given: Iterable[str]) -> dict[str, object]:
+    """The dotted RunConfig settings of the given options, each checked against its choices."""
+    from lookuplens.pipeline import setting_choices
+
+    out: dict[str, object] = {}
+    for name in given:
+        opt = _OPTIONS[name]
+        value = opt.to_config(opts[name])
+        flag = "--" + name.replace("_", "-")
+        for path in opt.paths:
+            choices = setting_choices(path)
+            values = value if isinstance(value, tuple) else (value,)
+            bad = [v for v in values if choices is not None and v is not None and v not in choices]
+            if bad:
+                raise UserError(
+                    f"{flag} must be one of {', '.join(map(str, choices or ()))}; got {bad[0]!r}"
+                )
+            out[path] = value
+    return out
 
 
-def build_config(opts: dict[str, object], defaults: dict[str, object]) -> Any:
-    """RunConfig from a TOML file (if any) with the options the user set on top."""
-    import dataclasses
+def build_config(opts: dict[str, object], given: Iterable[str]) -> Any:
+    """RunConfig: defaults < --preset < --config file < the options given on the command line."""
+    from lookuplens.pipeline import build_config as build
 
-    from lookuplens.pipeline import PRESETS, RunConfig
-
-    base: dict[str, Any] = dataclasses.asdict(RunConfig())
-    preset = str(opts.get("preset") or "")
-    if preset:
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-        _merge(base, PRESETS[preset])
-    if opts.get("config"):
-        file_cfg = _load_toml(str(opts["config"]))
-        _merge(base, file_cfg)
-    for name, (paths, convert) in _OPTION_PATHS.items():
-        if name in opts and opts[name] != defaults.get(name):
-            value = convert(opts[name])
-            for path in paths:
-                _set_path(base, path, value)
-    return RunConfig.from_dict(base)
+    return build(
+        preset=str(opts.get("preset") or ""),
+        config_file=str(opts["config"]) if opts.get("config") else None,
+        overrides=run_overrides(opts, given),
+    )
 
 
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
-
-
-def _run_stages(until: str | None, opts: dict[str, object], defaults: dict[str, object]) -> None:
+def _run_stages(until: str | None, opts: dict[str, object], given: Iterable[str]) -> None:
     from lookuplens.pipeline import run_pipeline
 
-    cfg = build_config(opts, defaults)
+    cfg = build_config(opts, given)
     name = str(opts["name"]) or _default_name(cfg.model, cfg.corpus.source)
     run_dir = Path(str(opts["out"])) if opts["out"] else Path("runs") / name
     reporter = RichReporter(quiet=bool(_state["quiet"]))
@@ -372,13 +381,13 @@ def _run_dir_stage(
 
     `overrides` maps dotted RunConfig paths to new values (e.g. explain.explainer).
     """
-    from lookuplens.pipeline import RunConfig, run_pipeline
+    from lookuplens.pipeline import RunConfig, run_pipeline, set_path
     from lookuplens.store import RunDir
 
     run = RunDir.open(run_dir)
     data: dict[str, Any] = dict(run.meta.get("config") or {})  # type: ignore[call-overload]
     for path, value in (overrides or {}).items():
-        _set_path(data, path, value)
+        set_path(data, path, value)
     cfg = RunConfig.from_dict(data)
     reporter = RichReporter(quiet=bool(_state["quiet"]))
     try:
@@ -420,14 +429,15 @@ TopNOpt = Annotated[int, typer.Option(help="Next-token neurons kept per layer.")
 TokensOpt = Annotated[
     str,
     typer.Option(
-        help='Aim at these tokens instead: comma-separated, leading spaces kept (" an, juniper").'
+        help='Aim at these tokens instead: comma-separated, leading spaces kept (" an, juniper"); '
+        'a word start may also be written as the vocabulary has it ("▁an", "Ġan").'
     ),
 ]
 TokenFilterOpt = Annotated[
     str,
     typer.Option(
-        help="'paper': a neuron's top token must start with a space and be longer than 2 "
-        "characters; 'none': any token."
+        help="'paper': a neuron's top token must start a word and be longer than 2 characters "
+        'with its leading space (" an"; "▁an" under SentencePiece); \'none\': any token.'
     ),
 ]
 KOpt = Annotated[int, typer.Option("--k", help="Top firing prompts kept per neuron.")]
@@ -495,7 +505,10 @@ OverwriteOpt = Annotated[
 
 
 def _stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped-def]
+    """A run command; its options' defaults are RunConfig's (filled in below)."""
+
     def command(
+        ctx: typer.Context,
         model: ModelOpt = "",
         corpus: CorpusOpt = "storyworld",
         name: NameOpt = "",
@@ -524,23 +537,49 @@ def _stage_command(until: str | None, help_text: str):  # type: ignore[no-untype
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,
     ) -> None:
-        _run_stages(until, dict(locals()), defaults)
+        opts = {k: v for k, v in locals().items() if k != "ctx"}
+        _run_stages(until, opts, _given(ctx, _OPTIONS))
 
     import inspect as _inspect
+    import typing
 
-    defaults = {name: p.default for name, p in _inspect.signature(command).parameters.items()}
+    sig = _inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)
+    command.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p.replace(
+                annotation=hints[p.name],
+                default=_option_default(p.name) if p.name in _OPTIONS else p.default,
+            )
+            for p in sig.parameters.values()
+        ]
+    )
     command.__doc__ = help_text
     return command
 
 
-app.command("run")(
-    _stage_command(
-        None, "Run every stage on a model and corpus (default: the bundled storyworld model)."
-    )
-)
-app.command("neurons")(
-    _stage_command("neurons", "Find next-token neurons from the weights (writes neurons.parquet).")
-)
+def _option_default(name: str) -> object:
+    """An option's default as the command line shows it, read from `RunConfig`."""
+    import dataclasses
+
+    from lookuplens.pipeline import RunConfig
+
+    opt = _OPTIONS[name]
+    value: Any = dataclasses.asdict(RunConfig())
+    for part in opt.paths[0].split("."):
+        value = value[part]
+    return opt.to_cli(value)
+
+
+_STAGE_COMMANDS = {
+    "run": (None, "Run every stage on a model and corpus (default: the bundled storyworld model)."),
+    "neurons": ("neurons", "Find next-token neurons from the weights (writes neurons.parquet)."),
+    "scan": (
+        "examples",
+        "Scan a corpus for the prompts that fire the neurons hardest, then trim them "
+        "(writes firings, activation_stats and examples; runs the neurons stage first if needed).",
+    ),
+}
 
 
 @app.command()
@@ -550,12 +589,13 @@ def why(
     target: Annotated[
         str,
         typer.Option(
-            help='The token to explain, leading space included (" an"). Default: the top '
-            "prediction."
+            help='The token to explain, as typed (" an", or the vocabulary\'s "▁an" / "Ġan"). '
+            "Default: the top prediction."
         ),
     ] = "",
     contrast: Annotated[
-        str, typer.Option(help='Explain the logit difference against this token (" a").')
+        str,
+        typer.Option(help='Explain the logit difference against this token (" a", "▁a").'),
     ] = "",
     position: Annotated[
         int, typer.Option(help="Token position in the prompt (BOS not counted); -1 is the last.")
@@ -769,18 +809,24 @@ def score_cmd(
     )
 
 
-app.command("scan")(
-    _stage_command(
-        "examples",
-        "Scan a corpus for the prompts that fire the neurons hardest, then trim them "
-        "(writes firings, activation_stats and examples; runs the neurons stage first if needed).",
-    )
-)
-
-
 def _mount_subcommands() -> None:
+    """The commands whose definition needs the library (defaults read from RunConfig);
+    once per process."""
+    if any(c.name == "run" for c in app.registered_commands):
+        return
     from lookuplens.server.cli import serve_command
     from lookuplens.zoo.cli import app as zoo_app
+
+    for name, (until, help_text) in _STAGE_COMMANDS.items():
+        app.command(name)(_stage_command(until, help_text))
+    # the run commands right after `inspect` in --help, as before they were built lazily
+    first = ["inspect", *_STAGE_COMMANDS]
+
+    def order(c: Any) -> int:
+        shown = str(c.name or getattr(c.callback, "__name__", ""))
+        return first.index(shown) if shown in first else len(first)
+
+    app.registered_commands.sort(key=order)
 
     app.command("serve")(serve_command)
     app.add_typer(zoo_app, name="zoo", help="The bundled storyworld corpus and model.")

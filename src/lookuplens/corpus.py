@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from jaxtyping import Int64
 
+from lookuplens.choices import check_choices
 from lookuplens.errors import CorpusError
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class CorpusSpec:
     """The storyworld generator's seed."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError(
                 "source must be a non-empty string: a .txt/.jsonl/.parquet path, "

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from lookuplens.attribute import mlp_stream_point, neuron_act
+from lookuplens.choices import check_choices
 from lookuplens.corpus import CorpusSpec, iter_tokenized
 from lookuplens.model import LoadedModel
 
@@ -64,6 +65,7 @@ class ExamplesConfig:
     """Documents read, at most, to find the contrasts."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not 0 < self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         if self.max_prompt_tokens < 2:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
+import sys
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -27,12 +29,14 @@ from lookuplens.attribute import (
     build_pairs,
     label_examples,
 )
+from lookuplens.choices import check_choices, check_value, field_choices
 from lookuplens.corpus import CorpusSpec, corpus_meta
 from lookuplens.distributed.config import RayConfig
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
 from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_stage
 from lookuplens.model import LoadedModel, load_model
+from lookuplens.model.adapter import DtypeName
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
 from lookuplens.report import ReportConfig, write_report
 from lookuplens.scan import ScanConfig, ScanProgress, count_documents, scan_corpus
@@ -82,8 +86,8 @@ class RunConfig:
     corpus: CorpusSpec = field(default_factory=lambda: CorpusSpec("storyworld"))
     """The corpus scanned for firing prompts."""
     device: str = "auto"
-    """auto, cpu or cuda."""
-    dtype: str = "float32"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: DtypeName = "float32"
     """float32, bfloat16, float16 or auto."""
     seed: int = 0
     """Seed of every random choice (baseline neurons, splits)."""
@@ -108,6 +112,11 @@ class RunConfig:
     `lookuplens.distributed`). Both give identical tables; a run may resume on the other."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Ray cluster settings (address, workers) for ``backend="ray"``."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RunConfig:
@@ -168,6 +177,78 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Named settings bundles: ``--preset paper`` reproduces the paper's settings."""
 
 
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML settings file, or a `UserError` saying why it cannot be read."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; pass a TOML file") from None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"config file {path} is not UTF-8 text; save it as UTF-8 TOML (sections corpus, "
+            "neurons, scan, ...)"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def build_config(
+    preset: str = "",
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> RunConfig:
+    """A `RunConfig` from the built-in defaults, then a preset, then a TOML file, then
+    `overrides` (dotted paths such as ``"attribute.label_rule"``), each on top of the last.
+
+    An override always wins, also when its value equals the built-in default. Every value
+    is checked (closed sets of choices included) before anything is run or written.
+    """
+    base: dict[str, Any] = dataclasses.asdict(RunConfig())
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        _merge(base, PRESETS[preset])
+    if config_file:
+        _merge(base, load_toml(config_file))
+    for path, value in (overrides or {}).items():
+        set_path(base, path, value)
+    return RunConfig.from_dict(base)
+
+
+def setting_choices(path: str) -> tuple[object, ...] | None:
+    """The allowed values of a dotted RunConfig setting with a closed set of choices (from
+    its ``Literal`` type), else None."""
+    cls: Any = RunConfig
+    *parents, leaf = path.split(".")
+    for p in parents:
+        cls = typing.get_type_hints(cls)[p]
+    found = field_choices(cls).get(leaf)
+    return None if found is None else found[0]
+
+
+def set_path(d: dict[str, Any], path: str, value: object) -> None:
+    """Set ``d["a"]["b"] = value`` for ``path="a.b"``, making the tables on the way."""
+    *parents, leaf = path.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
 def _from_dict(cls: type, data: Mapping[str, object], where: str) -> Any:
     if not isinstance(data, Mapping):
         raise UserError(f"{where} must be a table of settings, got {type(data).__name__}")
@@ -183,10 +264,12 @@ def _from_dict(cls: type, data: Mapping[str, object], where: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _from_dict(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+            continue
+        try:
+            check_value(name, value, cls)
+        except ValueError as e:
+            raise UserError(f"{where}.{e}") from None
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -37,6 +38,12 @@ class RayConfig:
     """Forward the workers' stdout and stderr to this process."""
 
     def __post_init__(self) -> None:
+        if self.address is not None and not re.fullmatch(
+            r"auto|local|(ray://)?[^\s:/]+:\d+", self.address
+        ):
+            raise ValueError(
+                f"address must be auto, local, HOST:PORT or ray://HOST:PORT; got {self.address!r}"
+            )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 (or None for all), got {self.workers}")
         if self.cpus_per_worker <= 0:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lookuplens.choices import check_choices
 from lookuplens.explain.registry import explainer_names, scorer_names
 
 Targets = Literal["pairs", "neurons", "both"]
@@ -40,8 +41,7 @@ class TaskConfig:
     """Padded tokens per forward pass when activations or attention are computed."""
 
     def __post_init__(self) -> None:
-        if self.targets not in ("pairs", "neurons", "both"):
-            raise ValueError(f"targets must be pairs, neurons or both, got {self.targets!r}")
+        check_choices(self)
         if not 0 <= self.negative_fraction < 1:
             raise ValueError(
                 f"negative_fraction must be in [0, 1), got {self.negative_fraction}; 0.25 keeps "
@@ -167,6 +167,7 @@ class LLMConfig:
     """Read and write the response cache."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not self.model:
             raise ValueError("model must name the LLM, e.g. gpt-4o-mini or the vLLM model id")
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
@@ -250,6 +251,7 @@ class ScoreConfig:
         return self.mismatched_control
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.explainer not in explainer_names():
             raise ValueError(
                 f"unknown explainer {self.explainer!r}; choose one of "
