@@ -128,6 +128,14 @@ class RunConfig:
 
     @property
     def model_source(self) -> str:
+        """The folder or hub id to load (``bundled:NAME`` resolved to its folder)."""
+        if self.model.startswith("bundled:"):
+            from lookuplens.zoo import bundled_model_path
+
+            try:
+                return str(bundled_model_path(self.model))
+            except KeyError as e:
+                raise UserError(str(e.args[0])) from None
         return self.model or bundled_model()
 
     def stage_configs(self) -> dict[str, object]:
@@ -219,7 +227,25 @@ def build_config(
         _merge(base, load_toml(config_file))
     for path, value in (overrides or {}).items():
         set_path(base, path, value)
+    _bundled_corpus(base)
     return RunConfig.from_dict(base)
+
+
+def _bundled_corpus(base: dict[str, Any]) -> None:
+    """A bundled model other than the storyworld scans its own held-out text unless a
+    corpus is named; ``bundled:NAME`` as a corpus is that text."""
+    from lookuplens.zoo import bundled_corpus
+
+    model = str(base.get("model") or "")
+    corpus = base.get("corpus") or {}
+    source = str(corpus.get("source") or "")
+    try:
+        if source.startswith("bundled:"):
+            corpus["source"] = bundled_corpus(source)
+        elif source == "storyworld" and model.startswith("bundled:"):
+            corpus["source"] = bundled_corpus(model)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
 
 
 def setting_choices(path: str) -> tuple[object, ...] | None:

@@ -638,6 +638,13 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    if name.startswith("bundled:"):
+        from lookuplens.zoo import bundled_model_path
+
+        try:
+            name = str(bundled_model_path(name))
+        except KeyError as e:
+            raise ModelLoadError(str(e.args[0])) from None
     path = Path(name).expanduser()
     if dtype not in _DTYPES and dtype != "auto":
         raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")

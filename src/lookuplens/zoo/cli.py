@@ -138,6 +138,27 @@ def train_command(
     typer.echo(f"saved {result.out_dir} after {result.seconds:.0f}s training; held-out {summary}")
 
 
+@app.command("train-english")
+def train_english_command(
+    out: Annotated[Path, typer.Option(help="Folder to write the checkpoint to.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and batch order.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+) -> None:
+    """Train the bundled real-English model on Debian's English text packages (a rerun
+    after an interruption continues from the last saved step)."""
+    from lookuplens.zoo.english_train import EnglishConfig, train_english
+
+    _setup_logging(verbose)
+    try:
+        cfg = EnglishConfig(steps=steps, seed=seed)
+        path = train_english(cfg, out, overwrite=overwrite)
+    except (LookuplensError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"saved {path}")
+
+
 @app.command("card")
 def card_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from `zoo train`).")],

@@ -1,0 +1,396 @@
+"""Train the bundled real-English model: a small GPT-2 on the Debian-packaged English
+corpus of `lookuplens.zoo.english`, on CPU.
+
+``lookuplens zoo train-english --out DIR`` runs it; the defaults of `EnglishConfig` are
+the recipe of the shipped checkpoint (``bundled:english``). The folder gets the model,
+its byte-level BPE tokenizer, ``recipe.json``, ``MODEL_CARD.md`` (held-out loss, the
+a/an choice against the majority rate, copying of earlier words) and ``heldout.jsonl``,
+the held-out documents of the public-domain sources, the corpus a run on the bundled
+model scans by default. Interrupted training resumes from its last saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from lookuplens.errors import UserError
+from lookuplens.zoo.english import SOURCES, Document, documents
+from lookuplens.zoo.evaluate import pad_batch
+from lookuplens.zoo.train import _batches, package_versions
+
+logger = logging.getLogger(__name__)
+
+BOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class EnglishConfig:
+    """Everything that decides the English model. The defaults are the shipped recipe."""
+
+    seed: int = 0
+    """Seeds the initial weights and the batch order."""
+    max_words: int = 160
+    """Words per document (passages are cut at sentence ends where possible)."""
+    vocab_size: int = 4096
+    """Byte-level BPE vocabulary, trained on the training documents."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    d_model: int = 128
+    """Residual stream width."""
+    d_mlp: int = 512
+    """MLP neurons per layer."""
+    n_positions: int = 256
+    """Context length (a 160-word passage is about 200 tokens)."""
+    steps: int = 2_000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Documents per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to `min_lr_ratio`)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr`."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    num_threads: int = 2
+    """Torch CPU threads."""
+    log_every: int = 50
+    """Steps between progress lines."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_mlp", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head")
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE (tokens carry their leading space; BOS is prepended by
+    callers, the project-wide rule)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=BOS, pad_token=BOS
+    )
+
+
+def _lr_at(step: int, cfg: EnglishConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    cos = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def encode(tokenizer: Any, docs: Sequence[Document], n_positions: int) -> list[list[int]]:
+    bos = int(tokenizer.bos_token_id)
+    if not docs:
+        return []
+    enc = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    return [[bos, *ids][:n_positions] for ids in enc]
+
+
+@dataclass(frozen=True)
+class EnglishEvaluation:
+    """What the model card reports, measured on held-out documents."""
+
+    loss: float
+    """Mean cross-entropy per predicted token (nats)."""
+    tokens: int
+    article_correct: int
+    """Positions followed by " a" or " an" where the model gives the right one more
+    probability than the other."""
+    article_total: int
+    article_majority: float
+    """Accuracy of always choosing the more frequent article."""
+    n_an: int
+    repeat_loss: float
+    """Mean loss on word tokens that already occurred in the document."""
+    first_loss: float
+    """Mean loss on word tokens at their first occurrence in the document."""
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def evaluate(
+    model: GPT2LMHeadModel, tokenizer: Any, seqs: Sequence[Sequence[int]]
+) -> EnglishEvaluation:
+    """Held-out loss, the a/an choice and copying (see `EnglishEvaluation`)."""
+    a = int(tokenizer.convert_tokens_to_ids("\u0120a"))
+    an = int(tokenizer.convert_tokens_to_ids("\u0120an"))
+    word = np.zeros(len(tokenizer), dtype=bool)
+    for piece, i in tokenizer.get_vocab().items():
+        word[i] = piece.startswith("\u0120") and piece[1:].isalpha() and len(piece) > 3
+    bos = int(tokenizer.bos_token_id)
+    total, n = 0.0, 0
+    art_ok = art_n = n_an = 0
+    rep: list[float] = []
+    first: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(seqs), 32):
+            batch = [list(x) for x in seqs[s : s + 32]]
+            ids, mask = pad_batch(batch, bos)
+            logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+            ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            m = mask[:, 1:]
+            total += float((ce * m).sum())
+            n += int(m.sum())
+            for r, seq in enumerate(batch):
+                seen: set[int] = set()
+                for t in range(1, len(seq)):
+                    tok = seq[t]
+                    if tok in (a, an):
+                        art_n += 1
+                        n_an += tok == an
+                        other = an if tok == a else a
+                        art_ok += bool(logits[r, t - 1, tok] > logits[r, t - 1, other])
+                    if word[tok]:
+                        (rep if tok in seen else first).append(float(ce[r, t - 1]))
+                        seen.add(tok)
+    return EnglishEvaluation(
+        loss=total / max(n, 1),
+        tokens=n,
+        article_correct=art_ok,
+        article_total=art_n,
+        article_majority=max(n_an, art_n - n_an) / max(art_n, 1),
+        n_an=n_an,
+        repeat_loss=float(np.mean(rep)) if rep else float("nan"),
+        first_loss=float(np.mean(first)) if first else float("nan"),
+    )
+
+
+def _card(recipe: dict[str, Any], ev: EnglishEvaluation) -> str:
+    cfg = recipe["config"]
+    corpus = recipe["corpus"]
+    rows = "\n".join(
+        f"| `{s['package']}` | {s['name']} | {s['licence']} | {s['train_docs']} | "
+        f"{s['heldout_docs']} | {'yes' if s['shipped'] else 'no'} |"
+        for s in corpus["sources"]
+    )
+    acc = ev.article_correct / max(ev.article_total, 1)
+    return f"""# bundled:english
+
+A small GPT-2 trained by lookuplens on real English prose from Debian's text packages,
+the real-text test bed of the pipeline (`lookuplens run --model bundled:english`). It is
+a tiny model of a narrow corpus (mostly the World English Bible), not a general language
+model.
+
+## Data
+
+| Debian package | source | licence | training docs | held-out docs | held-out shipped |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+Documents are passages of at most {cfg["max_words"]} words; one in ten of each source is
+held out by a hash of its text. `heldout.jsonl` beside this card holds the held-out
+documents of the public-domain sources ({corpus["shipped_heldout_docs"]} documents); a run
+on this model scans it unless `--corpus` says otherwise. Rebuild with
+`lookuplens zoo train-english --out DIR` (needs the packages above).
+
+## Recipe
+
+- GPT-2 architecture: {cfg["n_layer"]} layers, {cfg["n_head"]} heads, d_model
+  {cfg["d_model"]}, {cfg["d_mlp"]} MLP neurons per layer, context {cfg["n_positions"]},
+  byte-level BPE of {corpus["vocab"]} tokens trained on the training documents;
+  {recipe["parameters"]:,} parameters.
+- AdamW, lr {cfg["lr"]} (warm-up {cfg["warmup_steps"]} steps, cosine to
+  {cfg["min_lr_ratio"]}x), weight decay {cfg["weight_decay"]}, grad clip {cfg["grad_clip"]};
+  {cfg["steps"]} steps of {cfg["batch_size"]} documents ({recipe["train_tokens_seen"]:,}
+  tokens seen, {corpus["train_tokens"]:,} training tokens), seed {cfg["seed"]}.
+- Training time: {recipe["training_seconds"]} s on {recipe["torch_threads"]} CPU threads;
+  final training loss {recipe["final_train_loss"]:.3f}.
+
+## Measured on held-out documents ({ev.tokens:,} tokens, all sources)
+
+- Loss {ev.loss:.3f} nats per token (perplexity {math.exp(ev.loss):.1f}).
+- Articles: where the next token is " a" or " an" ({ev.article_total} places, {ev.n_an}
+  of them " an"), the model gives the right one more probability than the other in
+  {acc:.1%}; always choosing the more frequent one is right in {ev.article_majority:.1%}.
+- Copying: a word token that already occurred in the passage costs {ev.repeat_loss:.2f}
+  nats, at its first occurrence {ev.first_loss:.2f} (a look-up of the earlier word).
+"""
+
+
+def train_english(
+    cfg: EnglishConfig, out_dir: Path, overwrite: bool = False, save_every: int = 250
+) -> Path:
+    """Read the corpus, train tokenizer and model, measure them, and write `out_dir`
+    atomically; resumable from ``.NAME.partial/`` (same config) every `save_every` steps."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{out_dir} is not empty; pass a new --out, or --overwrite")
+    torch.set_num_threads(cfg.num_threads)
+    t0 = time.perf_counter()
+    docs = documents(cfg.max_words)
+    train_docs = [d for d in docs if d.split == "train"]
+    held = [d for d in docs if d.split == "heldout"]
+    tokenizer = train_tokenizer([d.text for d in train_docs], cfg.vocab_size)
+    seqs = encode(tokenizer, train_docs, cfg.n_positions)
+    held_seqs = encode(tokenizer, held, cfg.n_positions)
+    n_tokens = sum(len(s) for s in seqs)
+    logger.info(
+        "corpus: %d training documents, %d tokens, %d held out, vocab %d (%.1fs)",
+        *(len(train_docs), n_tokens, len(held), len(tokenizer), time.perf_counter() - t0),
+    )
+    torch.manual_seed(cfg.seed)
+    bos = int(tokenizer.bos_token_id)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=cfg.n_positions,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_inner=cfg.d_mlp,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=bos,
+            eos_token_id=bos,
+            pad_token_id=bos,
+            tie_word_embeddings=True,
+        )
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )  # fmt: skip
+    batches = _batches([len(s) for s in seqs], cfg.batch_size, np.random.default_rng(cfg.seed))
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    first_step, seen, window, prior = 0, 0, [], 0.0
+    state_path = partial / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise UserError(f"{partial} holds a training with another config; remove it")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        first_step, seen = int(state["step"]), int(state["seen"])
+        window, prior = list(state["window"]), float(state["seconds"])
+        for _ in range(first_step):
+            next(batches)
+        logger.info("resuming from step %d", first_step)
+    model.train()
+    start = time.perf_counter()
+    for step in range(first_step, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        ids, mask = pad_batch([seqs[i] for i in next(batches)], bos)
+        logits = model(input_ids=ids, attention_mask=mask.long()).logits
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        loss = (ce * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seen += int(mask.sum())
+        window = [*window, loss.item()][-cfg.log_every :]
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            el = prior + time.perf_counter() - start
+            mean = sum(window) / len(window)
+            eta = el / done * (cfg.steps - done)
+            logger.info(
+                "step %d/%d loss %.4f %.0f tok/s eta %.0fs", done, cfg.steps, mean, seen / el, eta
+            )
+        if save_every and done % save_every == 0 and done < cfg.steps:
+            partial.mkdir(parents=True, exist_ok=True)
+            state = {"config": asdict(cfg), "step": done, "model": model.state_dict(),
+                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "seen": seen, "window": window,
+                     "seconds": prior + time.perf_counter() - start}  # fmt: skip
+            torch.save(state, partial / "state.pt.tmp")
+            os.replace(partial / "state.pt.tmp", state_path)
+    seconds = prior + time.perf_counter() - start
+    model.eval()
+    ev = evaluate(model, tokenizer, held_seqs)
+    logger.info("held-out: %s", ev.as_json())
+    shipped = {s.name for s in SOURCES if s.shipped}
+    recipe = {
+        "config": asdict(cfg),
+        "corpus": {
+            "sources": [
+                {
+                    "name": s.name,
+                    "package": s.package,
+                    "licence": s.licence,
+                    "shipped": s.shipped,
+                    "train_docs": sum(d.source == s.name for d in train_docs),
+                    "heldout_docs": sum(d.source == s.name for d in held),
+                }
+                for s in SOURCES
+            ],  # fmt: skip
+            "train_tokens": n_tokens,
+            "vocab": len(tokenizer),
+            "shipped_heldout_docs": sum(d.source in shipped for d in held),
+        },
+        "parameters": n_params,
+        "train_tokens_seen": seen,
+        "training_seconds": round(seconds, 1),
+        "final_train_loss": sum(window) / max(len(window), 1),
+        "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(),
+        "evaluation": ev.as_json(),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        (tmp / "MODEL_CARD.md").write_text(_card(recipe, ev))
+        with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as f:
+            for d in held:
+                if d.source in shipped:
+                    f.write(json.dumps({"text": d.text, "source": d.source}) + "\n")
+        tmp.chmod(0o755)
+        for p in tmp.iterdir():
+            p.chmod(0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(partial, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved %s (%.0fs training)", out_dir, seconds)
+    return out_dir
