@@ -136,6 +136,16 @@ def test_run_on_an_unseen_model_and_corpus_twice_gives_identical_tables(
         assert tables_equal(ta[name], tb[name]), name  # type: ignore[arg-type]
     again = cli(*args, "--out", str(tmp_path / "a"))  # finished stages are skipped
     assert again.returncode == 0 and "already done" in again.stderr
+    # every pair task is counted, scored or not, and the summary says why some were not
+    from lookuplens.store import RunDir
+    from lookuplens.summary import key_numbers
+
+    scores = pq.read_table(tmp_path / "a" / "scores.parquet").to_pandas()
+    status = key_numbers(RunDir.open(tmp_path / "a"))["pair_score_status"]
+    assert isinstance(status, dict)
+    assert sum(status.values()) == int((scores.target == "pair").sum())
+    for reason in set(status) - {"ok"}:
+        assert reason.replace("_", " ") in a.stdout.replace("\n", " ")
 
 
 def test_token_targeted_run_selects_exactly_the_requested_tokens(

@@ -145,6 +145,13 @@ def key_numbers(run: RunDir) -> dict[str, object]:
         control = mismatched_group(stats, "selected")
         if control is not None:
             out["mean_e_mismatched"] = control.get("mean")
+    if run.has_table("scores"):
+        s = run.read_df("scores")
+        if "status" in s.columns:
+            pairs_s = s[s.target == "pair"] if "target" in s.columns else s
+            out["pair_score_status"] = {
+                str(k): int(v) for k, v in pairs_s.status.value_counts().sort_index().items()
+            }
     gt = run.meta.get("ground_truth")
     if isinstance(gt, dict):
         out["ground_truth"] = gt

@@ -168,3 +168,22 @@ def test_cache_key_ignores_the_key_and_covers_the_request():
     assert k != LLMClient.cache_key("m2", msgs, params)
     assert k != LLMClient.cache_key("m", msgs, {**params, "temperature": 0.5})
     assert k != LLMClient.cache_key("m", [{"role": "user", "content": "hi!"}], params)
+
+
+def test_cue_lists_stay_short_and_name_their_class() -> None:
+    from lookuplens.explain.offline import MAX_QUOTED, name_list, token_class
+
+    assert [token_class(c) for c in ("19", "1,200", ".", "),", "Paris", "owl", "")] == [
+        "number", "number", "punctuation mark", "punctuation mark", "capitalised word", None,
+        None,
+    ]  # fmt: skip
+    nums = [str(n) for n in (19, 200, 32, 7, 1999, 12, 64)]
+    got = name_list([f'"{n}"' for n in nums], nums)
+    assert got == 'a number ("19", "200", "32", "7", "1999", and 2 more)'
+    words = [f"w{i}" for i in range(66)]
+    got = name_list([f'"{w}"' for w in words], words)
+    assert got.count('"') == 2 * MAX_QUOTED and got.endswith("or one of 61 more")
+    assert name_list(['"a"', '"b"'], ["a", "b"]) == '"a" or "b"'
+    assert name_list(['"an"', '"owl"'], ["an", "owl"], target="an") == (
+        'the predicted token itself ("an") or "owl"'
+    )

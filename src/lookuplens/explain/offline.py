@@ -377,22 +377,25 @@ class OfflineExplainer:
         examples = ", ".join(f'"{w}"' for w, _ in words.most_common(3))
         return f"{shown} (as in {examples})"
 
-    def _conditions(self, feats: Sequence[dict[str, object]], texts: Sequence[str]) -> str:
+    def _conditions(
+        self, feats: Sequence[dict[str, object]], texts: Sequence[str], target: str = ""
+    ) -> str:
         parts = []
         for f in feats:
             if f["kind"] == "any_of":
                 ids = list(f["ids"])  # type: ignore[call-overload]
-                seen = list(f["seen_ids"])[:6] or ids[:6]  # type: ignore[call-overload]
+                seen = list(f["seen_ids"])[:MAX_QUOTED] or ids[:MAX_QUOTED]  # type: ignore[call-overload]
                 shown = ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen)
                 parts.append(
                     f"contains a word the head looks up to drive the neuron ({shown}; "
                     f"{len(ids)} such tokens)"
                 )
         for kind, verb in (("contains", "contains"), ("ends_with", "ends with")):
-            names = [self._show(str(f["text"]), kind, texts) for f in feats if f["kind"] == kind]
-            if names:
-                listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-                parts.append(f"{verb} {listed}")
+            chosen = [f for f in feats if f["kind"] == kind]
+            if chosen:
+                cores = [str(f["text"]).strip() for f in chosen]
+                names = [self._show(str(f["text"]), kind, texts) for f in chosen]
+                parts.append(f"{verb} {name_list(names, cores, target.strip())}")
         return ", or ".join(parts)
 
     def _render(
@@ -409,9 +412,13 @@ class OfflineExplainer:
         neg = [f for f in feats if float(f["weight"]) <= 0]  # type: ignore[arg-type]
         sentences = []
         if pos:
-            sentences.append(f"{subject} when the prompt {self._conditions(pos, texts)}.")
+            sentences.append(
+                f"{subject} when the prompt {self._conditions(pos, texts, task.token)}."
+            )
         elif neg:
-            sentences.append(f"{subject} unless the prompt {self._conditions(neg, texts)}.")
+            sentences.append(
+                f"{subject} unless the prompt {self._conditions(neg, texts, task.token)}."
+            )
         else:
             what = "the head is active" if pair else "the neuron fires"
             sentences.append(
@@ -434,8 +441,46 @@ class OfflineExplainer:
                 )
         if pos and neg:
             off = "inactive" if pair else "silent"
-            sentences.append(f"It is {off} when the prompt {self._conditions(neg, texts)}.")
+            cond = self._conditions(neg, texts, task.token)
+            sentences.append(f"It is {off} when the prompt {cond}.")
         return " ".join(sentences[:3])
+
+
+MAX_QUOTED = 5
+"""Quoted examples shown per list in an offline explanation (the rest are counted)."""
+
+
+def token_class(core: str) -> str | None:
+    """The class a cue's text falls in, for naming a list of them: number, punctuation,
+    capitalised word; None for anything else."""
+    if not core:
+        return None
+    if core.replace(",", "").replace(".", "").isdigit():
+        return "number"
+    if not any(ch.isalnum() for ch in core):
+        return "punctuation mark"
+    if core[0].isupper() and core[0].isalpha():
+        return "capitalised word"
+    return None
+
+
+def name_list(names: Sequence[str], cores: Sequence[str], target: str = "") -> str:
+    """Quoted cues as a short phrase: at most `MAX_QUOTED` shown, the rest counted; a list
+    of one class named by it ('a number ("19", "200", "32")'); the predicted token itself
+    said so."""
+    shown = [
+        f"the predicted token itself ({n})" if target and c == target else n
+        for n, c in zip(names, cores, strict=True)
+    ]
+    more = len(shown) - MAX_QUOTED
+    head = shown[:MAX_QUOTED]
+    classes = {token_class(c) for c in cores}
+    if len(shown) > 2 and len(classes) == 1 and None not in classes:
+        rest = f", and {more} more" if more > 0 else ""
+        return f"a {classes.pop()} ({', '.join(head)}{rest})"
+    if more > 0:
+        return ", ".join(head) + f" or one of {more} more"
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 class OfflineSimulator:
