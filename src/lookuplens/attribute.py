@@ -656,6 +656,8 @@ def build_pairs(
 ) -> pa.Table:
     """The `pairs` table: per (neuron, upstream head) its active rate and whether it is kept.
 
+    `mean_zero_ablation` (when that method ran) is the mean drop of the neuron's
+    activation with the head zeroed: its total effect, through later layers too.
     Also per neuron a mechanism label from the mean positive `direct` attributions:
     ``single`` when the top head carries at least half of them, ``few`` when the top three
     carry 60%, else ``distributed``; `top1_share` and `top3_share` give the fractions.
@@ -699,6 +701,14 @@ def build_pairs(
     pairs["mean_direct"] = mean_by.reindex(
         pd_index_cols(pairs, ["layer", "neuron", "head_layer", "head"])
     ).to_numpy()
+    if "zero_ablation" in set(att.method):
+        z = att[att.method == "zero_ablation"]
+        if examples is not None and "kind" in examples.column_names:
+            z = z[z.example_id.isin(kinds.example_id[kinds.kind == "top"])]
+        mean_z = z.groupby(["layer", "neuron", "head_layer", "head"]).value.mean()
+        pairs["mean_zero_ablation"] = mean_z.reindex(
+            pd_index_cols(pairs, ["layer", "neuron", "head_layer", "head"])
+        ).to_numpy()
     nt = neurons.to_pandas().set_index(["layer", "neuron"])
     idx = pd_index_cols(pairs, ["layer", "neuron"])
     pairs["baseline"] = nt.baseline.reindex(idx).fillna(False).to_numpy(dtype=bool)

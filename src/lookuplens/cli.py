@@ -333,13 +333,36 @@ def print_summary(run: Any) -> None:
                 else ""
             )
         )
+    status = k.get("pair_score_status")
+    if isinstance(status, dict) and any(s != "ok" for s in status):
+        why = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in status.items() if s != "ok")
+        bits.append(f"{status.get('ok', 0)} pair explanations scored, not scored: {why}")
     if bits:
         out.print("; ".join(bits), highlight=False)
+    if run.has_table("findings"):
+        f = run.read_df("findings")
+        f = f[~f.baseline]
+        shown = "; ".join(
+            f"L{r.layer}N{r.neuron} {r.token!r} <- L{r.head_layer}H{r.head} reading "
+            f"{r.cue!r} ({r.median_share_removed:.0%} of the activation)"
+            for r in f.head(3).itertuples()
+        )
+        out.print(
+            f"{len(f)} headline findings (next-token neuron, head, cue) pass the source-swap "
+            "test" + (f": {shown}" if shown else ""),
+            highlight=False,
+        )
     gt = k.get("ground_truth")
     if isinstance(gt, dict) and "precision" in gt:
+
+        def fmt(v: object) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
         out.print(
-            f"ground truth: precision {gt['precision']:.2f}, recall {gt['recall']:.2f} "
-            f"of planted (target-token neuron, cue-reading head) pairs",
+            f"ground truth: precision {fmt(gt['precision'])}, recall {fmt(gt['recall'])} of "
+            f"the headline findings against the planted look-ups' cue-reading heads "
+            f"({gt.get('n_predicted')} found, {gt.get('n_ground_truth')} true; "
+            "a head is cue-reading when patching it from a cue-swapped run moves the neuron)",
             highlight=False,
         )
     rows = top_pairs(run, limit=10)

@@ -35,6 +35,7 @@ from lookuplens.distributed.config import RayConfig
 from lookuplens.errors import UserError
 from lookuplens.examples import ExamplesConfig, build_examples
 from lookuplens.explain import ExplainConfig, ScoreConfig, explain_run, score_stage
+from lookuplens.findings import cue_token_ids, find_findings
 from lookuplens.model import LoadedModel, load_model
 from lookuplens.model.adapter import DtypeName
 from lookuplens.neurons import NeuronsConfig, find_neurons, tracked
@@ -468,6 +469,10 @@ def _stage_verify(ctx: Context) -> str:
     )
     run.write_table("effects", effects)
     run.write_table("pairs", pairs)
+    examples = run.read_table("examples")
+    cue_text = {t: ctx.lm.token_str(t) for t in cue_token_ids(effects, examples)}
+    findings = find_findings(effects, examples, run.read_table("neurons"), pairs, cue_text)
+    run.write_table("findings", findings)
     agreement = method_agreement(run.read_table("attributions"))
     run.update_meta(method_agreement=_finite(agreement))
     df = pairs.to_pandas()
@@ -477,7 +482,10 @@ def _stage_verify(ctx: Context) -> str:
     mean_ks = f", mean KS D {mean:.3f} over {n_kept} kept pairs" if mean is not None else ""
     if int(tested.sum()) > n_kept:
         mean_ks += f" ({int(tested.sum())} pairs KS-tested with the neurons' top heads)"
-    summary = f"{effects.num_rows:,} intervention effects{mean_ks}"
+    summary = (
+        f"{effects.num_rows:,} intervention effects{mean_ks}; {findings.num_rows} findings "
+        "(neuron, head, cue) pass the source-swap test"
+    )
     ctx.reporter.finish(summary)
     return summary
 
@@ -511,7 +519,7 @@ def _stage_score(ctx: Context) -> str:
 
 def _stage_report(ctx: Context) -> str:
     ctx.reporter.start("report", None, "sections")
-    if ctx.cfg.corpus.source == "storyworld" and not ctx.cfg.model:
+    if ctx.cfg.corpus.source == "storyworld" and ctx.cfg.model in ("", "bundled:storyworld"):
         # the bundled model on its own corpus: compare with the planted mechanisms
         from lookuplens.zoo.ground_truth import compare
 

@@ -85,7 +85,7 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "scan": ("firings", "activation_stats"),
     "examples": ("examples",),
     "attribute": ("attributions", "labels", "pairs"),
-    "verify": ("effects",),
+    "verify": ("effects", "findings"),
     "explain": ("explanations",),
     "score": ("scores", "score_controls"),
     "report": ("report.html",),
@@ -227,6 +227,20 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "balanced_accuracy": _F64,
         "auroc": _F64,
     },
+    "findings": {
+        "layer": _I64,
+        "neuron": _I64,
+        "token": _STR,
+        "baseline": _BOOL,
+        "head_layer": _I64,
+        "head": _I64,
+        "cue": _STR,
+        "n_swapped": _I64,
+        "median_share_removed": _F64,
+        "fraction_removed": _F64,
+        "median_delta_logprob": _F64,
+        "kept": _BOOL,
+    },
 }
 """Required columns and their types, per table. Tables may carry extra columns."""
 
@@ -237,6 +251,7 @@ NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
         {"auroc", "head_layer", "head", "tp", "fp", "tn", "fn", "balanced_accuracy"}
     ),
     "score_controls": frozenset({"auroc", "tp", "fp", "tn", "fn", "balanced_accuracy"}),
+    "findings": frozenset({"ks_stat"}),
 }
 """Required columns that may hold nulls; every other required column may not."""
 

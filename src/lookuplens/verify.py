@@ -83,12 +83,16 @@ class VerifyConfig:
     top_heads: int = 1
     """Also ablate (and KS-test) each neuron's top heads by mean ``direct`` attribution,
     kept or not; 0: kept pairs only."""
+    top_heads_total: int = 1
+    """... and its top heads by mean zero-ablation effect on its top prompts (the total
+    effect, through later layers too: a head that drives the neuron through an earlier
+    neuron); 0: none."""
     batch_rows: int = 64
     """Prompts per forward batch."""
 
     def __post_init__(self) -> None:
-        if self.top_heads < 0:
-            raise ValueError(f"top_heads must be 0 or more, got {self.top_heads}")
+        if self.top_heads < 0 or self.top_heads_total < 0:
+            raise ValueError("top_heads and top_heads_total must be 0 or more")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be positive, got {self.batch_rows}")
 
@@ -266,7 +270,7 @@ def verify_run(
         by_neuron: dict[tuple[int, int], list[_Row]] = {}
         for r in rows:
             by_neuron.setdefault((r.layer, r.neuron), []).append(r)
-        for layer, neuron, hl, h in ablated_pairs(pairs, cfg.top_heads):
+        for layer, neuron, hl, h in ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total):
             for r in by_neuron.get((layer, neuron), []):
                 head_jobs.append((r, (hl, h)))
     head_jobs.sort(key=lambda j: (len(j[0].tokens), j[0].example_id, j[1]))
@@ -305,7 +309,7 @@ def verify_run(
             ex,
             rows,
             {k: v[1] for k, v in clean.items()},
-            ablated_pairs(pairs, cfg.top_heads),
+            ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total),
             cfg,
         )
         if cfg.head_ablations and cfg.source_swap
@@ -444,18 +448,23 @@ def _source_swaps(
     return jobs
 
 
-def ablated_pairs(pairs: pa.Table, top_heads: int) -> list[tuple[int, int, int, int]]:
+def ablated_pairs(
+    pairs: pa.Table, top_heads: int, top_heads_total: int = 0
+) -> list[tuple[int, int, int, int]]:
     """(layer, neuron, head_layer, head) of the pairs whose head verify ablates: the kept
-    pairs, and each neuron's ``top_heads`` heads by ``mean_direct`` (when the column is
-    there), in table order without repeats."""
+    pairs, each neuron's ``top_heads`` heads by ``mean_direct`` and its
+    ``top_heads_total`` heads by ``mean_zero_ablation`` (when the columns are there), in
+    table order without repeats."""
     df = pairs.to_pandas()
     chosen = df.kept.to_numpy(dtype=bool).copy()
-    if top_heads > 0 and "mean_direct" in df and len(df):
+    for column, k in (("mean_direct", top_heads), ("mean_zero_ablation", top_heads_total)):
+        if k <= 0 or column not in df or not len(df):
+            continue
         ranked = df.assign(_i=np.arange(len(df))).sort_values(
-            ["layer", "neuron", "mean_direct", "head_layer", "head"],
+            ["layer", "neuron", column, "head_layer", "head"],
             ascending=[True, True, False, True, True],
         )
-        top = ranked.groupby(["layer", "neuron"], sort=False).head(top_heads)
+        top = ranked.groupby(["layer", "neuron"], sort=False).head(k)
         chosen[top._i.to_numpy()] = True
     sel = df[chosen]
     return [

@@ -197,7 +197,7 @@ def test_planted_pairs_are_kept_explained_and_scored(
     assert gt["found"], gt
     layer, neuron = an_neuron
     pairs = run.read_df("pairs")
-    readers = {tuple(int(x) for x in h[1:].split("H")) for h in gt["cue_reading_heads"]["article"]}
+    readers = {(hl, h) for lay, n, hl, h in gt["truth_pairs"] if (lay, n) == (layer, neuron)}
     mine = pairs[(pairs.layer == layer) & (pairs.neuron == neuron)]
     is_reader = [
         (int(a), int(b)) in readers for a, b in zip(mine.head_layer, mine["head"], strict=True)
@@ -224,6 +224,24 @@ def test_planted_pairs_are_kept_explained_and_scored(
         assert sum(w in text for w in VOWEL_OBJECTS) >= 2, text
         # the head's ablation lowers p(" an") on its active examples
         assert p.ks_pvalue < 0.05, p
+
+
+def test_headline_findings_name_the_article_lookup(run: RunDir, an_neuron: tuple[int, int]) -> None:
+    """The " an" neuron's finding: the head that reads the object, its cue the
+    vowel-initial objects, confirmed by the causal ground truth (patching the head from a
+    run with the object swapped moves the neuron)."""
+    f = run.read_df("findings")
+    layer, neuron = an_neuron
+    mine = f[(f.layer == layer) & (f.neuron == neuron)]
+    assert len(mine), f
+    top = mine.iloc[0]
+    cues = str(top.cue).split(", ")
+    assert all(c in VOWEL_OBJECTS for c in cues), top
+    assert top.median_share_removed >= 0.5 and top.median_delta_logprob < -1
+    gt = run.meta["ground_truth"]
+    assert [layer, neuron, int(top.head_layer), int(top["head"])] in gt["truth_pairs"]
+    assert gt["cue_decides"]["article"] >= 0.9
+    assert gt["precision"] >= 0.5, gt
 
 
 def test_explanations_are_specific_to_their_pair(run: RunDir) -> None:

@@ -29,7 +29,7 @@ from lookuplens.report.details import (
     pair_anchor,
     pair_section,
 )
-from lookuplens.report.markup import Html, esc
+from lookuplens.report.markup import Html, esc, note, table
 from lookuplens.report.overview import Figure, e_histogram_section, overview_section
 from lookuplens.report.tokens import TokenText, token_label
 from lookuplens.store import RunDir, atomic_write_bytes
@@ -137,6 +137,49 @@ def compute_views(
     return ModelViews(activations, attention, vocab)
 
 
+def findings_section(t: RunTables) -> Html:
+    """The headline (neuron, head, cue) findings with their evidence (selected neurons
+    first, then the random baseline's)."""
+    head = '<section id="findings"><h2>Headline findings</h2>'
+    f = t.get("findings")
+    if f is None:
+        return Html(head + note("No findings yet: run the verify stage.") + "</section>")
+    if f.empty:
+        return Html(
+            head + note("No (neuron, head) pair passes the source-swap test.") + "</section>"
+        )
+    f = f.sort_values("baseline", kind="stable")
+    rows = [
+        [
+            Html(
+                f'<a href="#{neuron_anchor(int(r.layer), int(r.neuron))}">L{r.layer}N{r.neuron}</a>'
+            ),
+            Html(f'<span class="tokpill">{token_label(str(r.token))}</span>'),
+            f"L{r.head_layer}H{r.head}",
+            str(r.cue),
+            int(r.n_swapped),
+            float(r.median_share_removed),
+            float(r.fraction_removed),
+            float(r.median_delta_logprob),
+            None if r.ks_stat is None or r.ks_stat != r.ks_stat else float(r.ks_stat),
+            "baseline" if r.baseline else ("kept" if r.kept else ""),
+        ]
+        for r in f.itertuples()
+    ]
+    text = (
+        "Each row is a (neuron, head, cue) triple that passes the run's causal test: on "
+        "the neuron's top prompts, the word the head reads is swapped for one it reads "
+        "where the neuron stays silent, and only the head's output from that run is "
+        "patched into the clean run. It passes when the median share of the activation "
+        "removed is at least 0.2 on at least half the prompts and p(token) falls."
+    )
+    headers = [
+        "neuron", "token", "head", "cue (words read)", "prompts", "share removed",
+        "prompts passing", "Δ log p", "KS D", "",
+    ]  # fmt: skip
+    return Html(head + note(text) + table(headers, rows, cls="sortable") + "</section>")
+
+
 def _nav(plan: ReportPlan, t: RunTables) -> Html:
     parts = [
         '<nav class="toc" aria-label="Contents"><h2>Contents</h2><ul>',
@@ -144,6 +187,7 @@ def _nav(plan: ReportPlan, t: RunTables) -> Html:
     ]
     if t.meta.get("ground_truth") is not None:
         parts.append('<li><a href="#ground-truth">Ground truth</a></li>')
+    parts.append('<li><a href="#findings">Headline findings</a></li>')
     parts.append('<li><a href="#scores">Explanation scores (E)</a></li>')
     parts.append(f'<li><a href="#neurons">Neurons ({len(plan.neurons)})</a></li>')
     parts.append(f'<li><a href="#pairs">Kept pairs ({len(plan.pairs)})</a></li></ul>')
@@ -204,7 +248,7 @@ def render_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> Rep
     title = cfg.title or f"lookuplens report: {run.path.name}"
     overview = overview_section(t, plan, model_note)
     scores_html, figures = e_histogram_section(t)
-    body = [overview, scores_html, '<section id="neurons"><h2>Neurons</h2>']
+    body = [overview, findings_section(t), scores_html, '<section id="neurons"><h2>Neurons</h2>']
     if not plan.neurons:
         body.append('<p class="note">No neurons yet: run the neurons stage.</p>')
     else:

@@ -44,6 +44,7 @@ REPORT_TABLES: tuple[str, ...] = (
     "effects",
     "explanations",
     "scores",
+    "findings",
 )
 """The tables the report reads (``firings`` is summarised by ``examples``)."""
 

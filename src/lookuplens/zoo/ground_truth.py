@@ -1,16 +1,22 @@
-"""Compare a run's findings on the storyworld with the mechanisms planted in it.
+"""Compare a run's findings on the storyworld with the mechanisms planted in it, causally.
 
 The planted look-ups fix, for each kind (article, topic, name), the target tokens and the
-cue tokens that decide them. Which heads of the trained model read the cue is measured
-here directly from the annotations, independently of the pipeline: a head is a
-*cue-reading head* of a kind when, averaged over held-out annotated predictions, its
-attention from the predicting position to the cue tokens is at least `min_attention`.
+cue word that decides each one. The truth is measured on the model from held-out stories,
+independently of the pipeline, by swapping the cue:
 
-Ground-truth pairs are (planted target token, cue-reading head of that kind) for every
-target token that has a selected next-token neuron, restricted to heads upstream of
-such a neuron. The run's predicted pairs are its kept (neuron, head) pairs whose neuron
-is selected (not baseline) and whose token is a planted target. Precision is the share
-of predicted pairs that are ground truth; recall the share of ground-truth pairs found.
+- the cue word is replaced by another word of its class that decides another target (an
+  "owl" by a "kettle"-like consonant object, "bakery" by another place, a name by another
+  name of the same gender); `cue_decides` is the share of annotated predictions whose
+  p(target) at least halves, proof that the cue decides it;
+- a head is a *cue-reading head* of a next-token neuron when its output, patched from the
+  cue-swapped run into the clean run, lowers the neuron's activation at the predicting
+  position by at least `min_share` of it, averaged over the annotations whose target is
+  the neuron's token. Attention to the cue is measured and reported, not used as truth.
+
+Ground-truth pairs are (selected neuron whose token is a planted target, cue-reading
+head). The run's predicted pairs are its headline findings (`lookuplens.findings`) on
+selected neurons whose token is a planted target. Precision is the share of predicted
+pairs that are ground truth; recall the share of ground-truth pairs found.
 """
 
 from __future__ import annotations
@@ -20,22 +26,34 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lookuplens.attribute import upstream_layers
+from lookuplens.attribute import _pad, upstream_layers
 from lookuplens.model import LoadedModel, hook_name
 from lookuplens.store import RunDir
 from lookuplens.zoo.storyworld import PLANTED, generate_corpus, token_positions
+from lookuplens.zoo.words import (
+    CONSONANT_OBJECTS,
+    FEMALE_NAMES,
+    MALE_NAMES,
+    TOPICS,
+    VOWEL_OBJECTS,
+)
 
 
 @dataclass(frozen=True)
 class GroundTruthConfig:
     """How cue-reading heads are measured."""
 
-    n_docs: int = 300
+    n_docs: int = 200
     """Held-out stories whose annotations are used."""
     seed: int = 99
     """Seed of those stories (distinct from the pipeline's corpus)."""
     min_attention: float = 0.3
-    """Mean attention to the cue that makes a head cue-reading."""
+    """Mean attention to the cue reported as "attends to the cue" (not used as truth)."""
+    min_share: float = 0.2
+    """Share of a neuron's activation that patching a head from the cue-swapped run must
+    remove, on average, for the head to be cue-reading."""
+    batch_rows: int = 64
+    """Prompts per forward batch."""
 
 
 def cue_attention(lm: LoadedModel, cfg: GroundTruthConfig) -> dict[str, np.ndarray]:
@@ -63,46 +81,170 @@ def cue_attention(lm: LoadedModel, cfg: GroundTruthConfig) -> dict[str, np.ndarr
     return {k: sums[k] / counts[k] for k in sums}
 
 
+@dataclass(frozen=True)
+class CueSwap:
+    """One annotated prediction and its cue-swapped twin (same length, one token differs)."""
+
+    kind: str
+    target: str
+    target_id: int
+    tokens: list[int]
+    """The prompt: BOS-prefixed story up to the predicting position."""
+    swapped: list[int]
+    cue_index: int
+
+
+def _replacement(kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
+    """A word of the cue's class that decides another target, not already in the story."""
+    if kind == "article":
+        pool = CONSONANT_OBJECTS if cue in VOWEL_OBJECTS else VOWEL_OBJECTS
+    elif kind == "topic":
+        pool = tuple(p for p in TOPICS if p != cue)
+    else:
+        pool = FEMALE_NAMES if cue in FEMALE_NAMES else MALE_NAMES
+    words = set(text.replace(".", " ").replace(",", " ").split())
+    options = [w for w in pool if w != cue and w not in words]
+    return str(rng.choice(options)) if options else None
+
+
+def cue_swaps(lm: LoadedModel, cfg: GroundTruthConfig) -> list[CueSwap]:
+    """Every annotated prediction of `cfg.n_docs` held-out stories with its cue swapped."""
+    rng = np.random.default_rng(cfg.seed)
+    out = []
+    for doc in generate_corpus(cfg.n_docs, cfg.seed, "heldout"):
+        ids = lm.to_tokens(doc.text)[0, : lm.max_context].tolist()
+        for a in token_positions(doc, lm.tokenizer):
+            if a.predict_index >= len(ids):
+                continue
+            cue_id = lm.resolve_token(" " + a.cue_word)
+            at = [i for i in a.cue_indices if i <= a.predict_index and ids[i] == cue_id]
+            word = _replacement(a.kind, a.cue_word, doc.text, rng)
+            if not at or word is None:
+                continue
+            tokens = ids[: a.predict_index + 1]
+            swapped = list(tokens)
+            swapped[at[0]] = lm.resolve_token(" " + word)
+            out.append(CueSwap(a.kind, a.target, a.target_token_id, tokens, swapped, at[0]))
+    return out
+
+
+def causal_truth(
+    lm: LoadedModel, targets: dict[int, list[tuple[int, int]]], cfg: GroundTruthConfig
+) -> dict[str, object]:
+    """Cue-reading heads per neuron, measured by patching from cue-swapped runs.
+
+    `targets` maps a planted target token id to the selected neurons predicting it.
+    Returns ``pairs`` (set of (layer, neuron, head_layer, head)), ``share`` (mean share
+    removed per such key, every upstream head measured), ``cue_decides`` (per kind, the
+    share of predictions whose p(target) at least halves when the cue is swapped) and
+    ``n_swaps``.
+    """
+    from lookuplens.verify import _forward, _head_edit, _Row
+
+    swaps = cue_swaps(lm, cfg)
+    decides: dict[str, list[bool]] = {}
+    for j in range(0, len(swaps), cfg.batch_rows):
+        part = swaps[j : j + cfg.batch_rows]
+        rows = [_Row(i, 0, 0, s.tokens, s.target_id) for i, s in enumerate(part)]
+        lp, _ = _forward(lm, rows, None)
+        lp2, _ = _forward(
+            lm, [_Row(i, 0, 0, s.swapped, s.target_id) for i, s in enumerate(part)], None
+        )
+        for i, s in enumerate(part):
+            drop = float(lp2[i][s.target_id] - lp[i][s.target_id])
+            decides.setdefault(s.kind, []).append(drop <= -np.log(2))
+    jobs: list[tuple[int, tuple[int, int], tuple[int, int]]] = []
+    for k, s in enumerate(swaps):
+        for layer, neuron in targets.get(s.target_id, []):
+            for hl in upstream_layers(lm, layer):
+                jobs += [(k, (layer, neuron), (hl, h)) for h in range(lm.n_heads)]
+    jobs.sort(key=lambda job: (len(swaps[job[0]].tokens), job[0]))
+    clean: dict[tuple[int, int, int], float] = {}
+    shares: dict[tuple[int, int, int, int], list[float]] = {}
+    for j in range(0, len(jobs), cfg.batch_rows):
+        part_j = jobs[j : j + cfg.batch_rows]
+        rows = [
+            _Row(k, nrn[0], nrn[1], swaps[k].tokens, swaps[k].target_id) for k, nrn, _ in part_j
+        ]
+        need = [(k, nrn) for k, nrn, _ in part_j if (k, *nrn) not in clean]
+        if need:
+            _, act = _forward(lm, [_Row(k, n[0], n[1], swaps[k].tokens, 0) for k, n in need], None)
+            for (k, n), a in zip(need, act.tolist(), strict=True):
+                clean[(k, *n)] = float(a)
+        ids, mask = _pad(lm, [swaps[k].swapped for k, _, _ in part_j])
+        hls = sorted({h[0] for _, _, h in part_j})
+        names = {hl: hook_name(hl, "attn.hook_z") for hl in hls}
+        _, donor = lm.run_with_cache(
+            ids, list(names.values()), attention_mask=mask, stop_after_layer=max(hls)
+        )
+        edit = _head_edit([h for _, _, h in part_j], {hl: donor[n] for hl, n in names.items()})
+        _, act2 = _forward(lm, rows, edit)
+        for (k, nrn, head), a2 in zip(part_j, act2.tolist(), strict=True):
+            a = clean[(k, *nrn)]
+            if a > 0:
+                shares.setdefault((*nrn, *head), []).append((a - float(a2)) / a)
+    share = {key: float(np.mean(v)) for key, v in shares.items()}
+    return {
+        "pairs": {key for key, v in share.items() if v >= cfg.min_share},
+        "share": share,
+        "cue_decides": {k: float(np.mean(v)) for k, v in decides.items()},
+        "n_swaps": len(swaps),
+    }
+
+
 def compare(
     run: RunDir, lm: LoadedModel, cfg: GroundTruthConfig | None = None
 ) -> dict[str, object]:
-    """Precision and recall of the run's kept pairs against the planted mechanisms."""
+    """Precision and recall of the run's headline findings against the causal truth."""
     cfg = cfg or GroundTruthConfig()
-    att = cue_attention(lm, cfg)
     neurons = run.read_df("neurons")
-    pairs = run.read_df("pairs") if run.has_table("pairs") else None
     kind_of: dict[str, str] = {}
     for planted_kind, planted in PLANTED.items():
         for t in planted.targets:
             kind_of[t] = planted_kind
     sel = neurons[neurons.selected & neurons.token.isin(list(kind_of))]
-    truth: set[tuple[str, int, int]] = set()
-    heads_by_kind: dict[str, list[str]] = {}
-    for kind, a in att.items():
-        heads = [
-            (int(layer), int(h))
-            for layer, h in zip(*np.nonzero(a >= cfg.min_attention), strict=True)
-        ]
-        heads_by_kind[kind] = [f"L{layer}H{h}" for layer, h in heads]
-        for row in sel[sel.token.map(kind_of) == kind].itertuples():
-            ups = set(upstream_layers(lm, int(row.layer)))
-            for layer, h in heads:
-                if layer in ups:
-                    truth.add((str(row.token), layer, h))
-    predicted: set[tuple[str, int, int]] = set()
-    if pairs is not None:
-        kept = pairs[pairs.kept & ~pairs.baseline.astype(bool) & pairs.token.isin(list(kind_of))]
-        predicted = {(str(r.token), int(r.head_layer), int(r["head"])) for _, r in kept.iterrows()}
+    targets: dict[int, list[tuple[int, int]]] = {}
+    name_of: dict[tuple[int, int], str] = {}
+    for row in sel.itertuples():
+        targets.setdefault(int(row.token_id), []).append((int(row.layer), int(row.neuron)))
+        name_of[(int(row.layer), int(row.neuron))] = str(row.token)
+    truth_info = causal_truth(lm, targets, cfg)
+    truth: set[tuple[int, int, int, int]] = truth_info["pairs"]  # type: ignore[assignment]
+    predicted: set[tuple[int, int, int, int]] = set()
+    if run.has_table("findings"):
+        f = run.read_df("findings")
+        f = f[~f.baseline & f.token.isin(list(kind_of))]
+        predicted = {
+            (int(r.layer), int(r.neuron), int(r.head_layer), int(r.head)) for r in f.itertuples()
+        }
     hits = truth & predicted
+    att = cue_attention(lm, cfg)
+
+    def show(key: tuple[int, int, int, int]) -> str:
+        layer, neuron, hl, h = key
+        return f"{name_of.get((layer, neuron), '?')!r} L{layer}N{neuron} <- L{hl}H{h}"
+
     return {
         "precision": len(hits) / len(predicted) if predicted else None,
         "recall": len(hits) / len(truth) if truth else None,
         "n_predicted": len(predicted),
         "n_ground_truth": len(truth),
-        "cue_reading_heads": heads_by_kind,
-        "planted_targets_with_a_neuron": sorted({t for t, _, _ in truth} | set(sel.token)),
-        "found": sorted(f"{t!r} <- L{layer}H{h}" for t, layer, h in hits),
-        "missed": sorted(f"{t!r} <- L{layer}H{h}" for t, layer, h in truth - predicted),
-        "extra": sorted(f"{t!r} <- L{layer}H{h}" for t, layer, h in predicted - truth),
+        "truth": "causal: head output patched from a cue-swapped run",
+        "min_share": cfg.min_share,
+        "cue_decides": truth_info["cue_decides"],
+        "n_cue_swaps": truth_info["n_swaps"],
+        "planted_targets_with_a_neuron": sorted(set(sel.token)),
+        "truth_pairs": sorted(list(k) for k in truth),
+        "predicted_pairs": sorted(list(k) for k in predicted),
+        "found": sorted(show(k) for k in hits),
+        "missed": sorted(show(k) for k in truth - predicted),
+        "extra": sorted(show(k) for k in predicted - truth),
+        "heads_attending_to_the_cue": {
+            kind: [
+                f"L{layer}H{h}"
+                for layer, h in zip(*np.nonzero(a >= cfg.min_attention), strict=True)
+            ]
+            for kind, a in att.items()
+        },
         "min_attention": cfg.min_attention,
     }
