@@ -20,6 +20,7 @@ statistic of the pair (when tested) and whether the 25-75% filter kept it. Writt
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,7 @@ def find_findings(
                 "baseline": bool(n_info.baseline) and not bool(n_info.selected),
                 "head_layer": hl,
                 "head": h,
-                "cue": ", ".join(token_text.get(t, f"<{t}>").strip() for t in cue_ids[:5]),
+                "cue": ", ".join(_unique(token_text.get(t, f"<{t}>").strip() for t in cue_ids)[:5]),
                 "cue_token_ids": cue_ids,
                 "n_swapped": len(g),
                 "median_share_removed": median,
@@ -135,6 +136,14 @@ def find_findings(
         )
     rows.sort(key=lambda r: (-r["median_share_removed"], r["layer"], r["neuron"]))
     return pa.Table.from_pylist(rows, schema=FINDINGS_SCHEMA)
+
+
+def _unique(words: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for w in words:
+        if w not in out:
+            out.append(w)
+    return out
 
 
 def cue_token_ids(effects: pa.Table, examples: pa.Table) -> set[int]:

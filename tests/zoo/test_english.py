@@ -115,3 +115,31 @@ def test_training_resumes_to_the_same_weights(
     a, b = load_file(whole / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / ".again.partial").exists()
+
+
+def test_the_bundled_english_model_loads_by_name_and_scans_its_own_text() -> None:
+    from lookuplens.errors import ModelLoadError
+    from lookuplens.model import load_model
+    from lookuplens.pipeline import build_config
+    from lookuplens.zoo import bundled_model_path
+
+    folder = bundled_model_path("english")
+    lm = load_model("bundled:english", device="cpu")
+    assert lm.vocab.convention == "byte_level" and lm.n_layers == 4
+    assert lm.token_str(lm.resolve_token(" an")) == " an"
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size <= 20 * 2**20
+    cfg = build_config(overrides={"model": "bundled:english"})
+    assert cfg.corpus.source == str(folder / "heldout.jsonl")
+    assert cfg.model_source == str(folder)
+    named = build_config(overrides={"model": "bundled:english", "corpus.source": "my.txt"})
+    assert named.corpus.source == "my.txt"
+    assert build_config().corpus.source == "storyworld"
+    shipped = {s.name for s in english.SOURCES if s.shipped}
+    lines = (folder / "heldout.jsonl").read_text().splitlines()
+    assert len(lines) > 500 and {json.loads(x)["source"] for x in lines} <= shipped
+    card = (folder / "MODEL_CARD.md").read_text()
+    for src in english.SOURCES:
+        assert src.package in card and src.licence in card
+    with pytest.raises(ModelLoadError, match="bundled:storyworld, bundled:english"):
+        load_model("bundled:klingon")

@@ -377,6 +377,16 @@ class OfflineExplainer:
         examples = ", ".join(f'"{w}"' for w, _ in words.most_common(3))
         return f"{shown} (as in {examples})"
 
+    def _looked_name(self, f: dict[str, object], texts: Sequence[str]) -> str:
+        """A looked-at cue as quoted text; a token set shows its first `MAX_QUOTED`
+        members the prompts held and counts the rest."""
+        if f["kind"] != "any_of":
+            return self._show(str(f["text"]), "", texts)
+        ids = list(f["ids"])  # type: ignore[call-overload]
+        seen = list(f.get("seen_ids") or ids)  # type: ignore[arg-type]
+        shown = ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen[:MAX_QUOTED])
+        return shown + (f" (of {len(ids)} such tokens)" if len(ids) > MAX_QUOTED else "")
+
     def _conditions(
         self, feats: Sequence[dict[str, object]], texts: Sequence[str], target: str = ""
     ) -> str:
@@ -428,7 +438,7 @@ class OfflineExplainer:
         if pair:
             looked = [f for f in pos if f["attended"]]
             if looked:
-                names = ", ".join(self._show(str(f["text"]), "", texts) for f in looked)
+                names = ", ".join(self._looked_name(f, texts) for f in looked)
                 mean = float(np.mean([float(f["attention_active"]) for f in looked]))  # type: ignore[arg-type]
                 sentences.append(
                     f"From the last token the head attends to {names} "
@@ -443,11 +453,18 @@ class OfflineExplainer:
             off = "inactive" if pair else "silent"
             cond = self._conditions(neg, texts, task.token)
             sentences.append(f"It is {off} when the prompt {cond}.")
-        return " ".join(sentences[:3])
+        kept = sentences[:1]
+        for extra in sentences[1:3]:  # later sentences only while the quotes stay few
+            if sum(s.count('"') for s in [*kept, extra]) // 2 <= MAX_QUOTED_TOTAL:
+                kept.append(extra)
+        return " ".join(kept)
 
 
 MAX_QUOTED = 5
 """Quoted examples shown per list in an offline explanation (the rest are counted)."""
+MAX_QUOTED_TOTAL = 8
+"""Quoted examples in a whole explanation: a second or third sentence that would pass it
+is left out (the first is always kept)."""
 
 
 def token_class(core: str) -> str | None:

@@ -134,6 +134,9 @@ class EnglishEvaluation:
     article_total: int
     article_majority: float
     """Accuracy of always choosing the more frequent article."""
+    article_auroc: float
+    """How well logit(" an") - logit(" a") ranks the " an" places above the " a" ones
+    (0.5: no knowledge of the coming word)."""
     n_an: int
     repeat_loss: float
     """Mean loss on word tokens that already occurred in the document."""
@@ -142,6 +145,18 @@ class EnglishEvaluation:
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _auroc(scored: Sequence[tuple[float, bool]]) -> float:
+    """Probability that a positive outranks a negative (ties count half)."""
+    from scipy.stats import rankdata
+
+    if not scored or all(y for _, y in scored) or not any(y for _, y in scored):
+        return float("nan")
+    ranks = rankdata([s for s, _ in scored])
+    pos = np.array([y for _, y in scored])
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate(
@@ -156,6 +171,7 @@ def evaluate(
     bos = int(tokenizer.bos_token_id)
     total, n = 0.0, 0
     art_ok = art_n = n_an = 0
+    margins: list[tuple[float, bool]] = []
     rep: list[float] = []
     first: list[float] = []
     model.eval()
@@ -177,6 +193,8 @@ def evaluate(
                         n_an += tok == an
                         other = an if tok == a else a
                         art_ok += bool(logits[r, t - 1, tok] > logits[r, t - 1, other])
+                        margin = float(logits[r, t - 1, an] - logits[r, t - 1, a])
+                        margins.append((margin, tok == an))
                     if word[tok]:
                         (rep if tok in seen else first).append(float(ce[r, t - 1]))
                         seen.add(tok)
@@ -186,6 +204,7 @@ def evaluate(
         article_correct=art_ok,
         article_total=art_n,
         article_majority=max(n_an, art_n - n_an) / max(art_n, 1),
+        article_auroc=_auroc(margins),
         n_an=n_an,
         repeat_loss=float(np.mean(rep)) if rep else float("nan"),
         first_loss=float(np.mean(first)) if first else float("nan"),
@@ -239,9 +258,29 @@ on this model scans it unless `--corpus` says otherwise. Rebuild with
 - Articles: where the next token is " a" or " an" ({ev.article_total} places, {ev.n_an}
   of them " an"), the model gives the right one more probability than the other in
   {acc:.1%}; always choosing the more frequent one is right in {ev.article_majority:.1%}.
+  The margin logit(" an") - logit(" a") ranks the " an" places above the " a" ones with
+  AUROC {ev.article_auroc:.3f} (0.5 would be no knowledge of the coming word).
 - Copying: a word token that already occurred in the passage costs {ev.repeat_loss:.2f}
   nats, at its first occurrence {ev.first_loss:.2f} (a look-up of the earlier word).
 """
+
+
+def refresh_card(folder: Path) -> EnglishEvaluation:
+    """Measure a trained checkpoint again on the held-out documents and rewrite its
+    ``recipe.json`` evaluation and ``MODEL_CARD.md`` (the weights are not touched)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    recipe = json.loads((folder / "recipe.json").read_text())
+    cfg = EnglishConfig(**recipe["config"])
+    model = GPT2LMHeadModel.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    held = [d for d in documents(cfg.max_words) if d.split == "heldout"]
+    ev = evaluate(model, tokenizer, encode(tokenizer, held, cfg.n_positions))
+    recipe["evaluation"] = ev.as_json()
+    (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    (folder / "MODEL_CARD.md").write_text(_card(recipe, ev))
+    return ev
 
 
 def train_english(
