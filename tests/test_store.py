@@ -144,10 +144,12 @@ def test_update_meta_and_stage_marks(run: RunDir) -> None:
 
 
 def test_table_columns_match_conventions() -> None:
-    # the public tables of CONVENTIONS.md, plus the scan's own two and the score stage's
-    # mismatched-explanation control (a suggested addition to CONVENTIONS.md)
+    # the public tables of CONVENTIONS.md, plus the scan's own two, the score stage's
+    # mismatched-explanation control and the verify stage's headline findings (suggested
+    # additions to CONVENTIONS.md)
     assert set(TABLE_COLUMNS) == {
         "score_controls",
+        "findings",
         "firings",
         "activation_stats",
         "neurons",
