@@ -281,8 +281,13 @@ def test_report_has_anchors_navigation_and_sections(built: Built, report_path: P
         anchor = f"pair-L{r.layer}N{r.neuron}-L{r.head_layer}H{r.head}"
         assert f'id="{anchor}"' in html
         assert f'href="#{anchor}"' in html
-    for section in ("overview", "scores", "neurons", "pairs", "ground-truth"):
+    for section in ("overview", "findings", "scores", "neurons", "pairs", "ground-truth"):
         assert f'id="{section}"' in html
+    # every table the run holds is marked present, also those the report does not read
+    for name in ("firings", "findings", "effects", "scores", "score_controls"):
+        if (built.run.path / f"{name}.parquet").is_file():
+            assert f"{name} \u2713" in html, name
+    assert "\u2717" not in html.split('id="overview"')[1].split("</section>")[0]
     assert "Attribution method agreement" in html
     assert "predicted active" in html  # a confusion matrix
     layer, neuron = built.neuron_alone

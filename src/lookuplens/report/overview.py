@@ -10,6 +10,7 @@ import pandas as pd
 
 from lookuplens.report.data import (
     METHOD_ORDER,
+    REPORT_TABLES,
     ReportPlan,
     RunTables,
     finite,
@@ -98,10 +99,10 @@ def _stages(t: RunTables) -> Html:
         tables = [x for x in STAGE_TABLES[stage] if "." not in x]
         marks = []
         for name in tables:
-            if name == "firings":
-                ok = (t.path / "firings.parquet").is_file()
-            else:
+            if name in REPORT_TABLES:
                 ok = t.present(name)
+            else:  # tables the report does not read (firings, score_controls)
+                ok = (t.path / f"{name}.parquet").is_file()
             mark = "(unreadable)" if name in t.problems else "\u2713" if ok else "\u2717"
             marks.append(f"{name} {mark}")
         if stage in stages:
