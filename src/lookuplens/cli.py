@@ -361,7 +361,8 @@ def print_summary(run: Any) -> None:
         out.print(
             f"ground truth: precision {fmt(gt['precision'])}, recall {fmt(gt['recall'])} of "
             f"the headline findings against the planted look-ups' cue-reading heads "
-            f"({gt.get('n_predicted')} found, {gt.get('n_ground_truth')} true; "
+            f"({gt.get('n_predicted')} findings on planted targets, "
+            f"{gt.get('n_ground_truth')} true pairs; "
             "a head is cue-reading when patching it from a cue-swapped run moves the neuron)",
             highlight=False,
         )
