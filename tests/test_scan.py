@@ -92,9 +92,9 @@ def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
     lm: LoadedModel, corpus: CorpusSpec
 ) -> None:
     res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
-    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=0)
+    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False)
     ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
-    assert len(ex) > 0 and set(ex.kind) == {"top"}
+    assert len(ex) > 0 and set(ex.kind) == {"top"} and set(ex.read_position) == {-1}
     docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
     bos = lm.bos_token_id
     # recompute the activation at the end of each trimmed prompt, and one token shorter
@@ -121,6 +121,49 @@ def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
     again = build_examples(lm, res.topk, corpus, cfg).to_pandas()
     assert again.drop(columns="tokens").equals(ex.drop(columns="tokens"))
     assert again.tokens.map(tuple).equals(ex.tokens.map(tuple))
+
+
+def test_trimming_keeps_the_word_the_top_head_reads(lm: LoadedModel, corpus: CorpusSpec) -> None:
+    """With `keep_read_word` a prompt starts at the latest at the word the neuron's top
+    head (largest direct attribution on the untrimmed prompt) attends to most; the rest of
+    the 0.8x rule's prompts are unchanged."""
+    from lookuplens.attribute import decompose_neuron_input
+    from lookuplens.explain.offline import last_token_attention
+
+    res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
+    plain_cfg = ExamplesConfig(
+        window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False
+    )
+    plain = build_examples(lm, res.topk, corpus, plain_cfg).to_pandas()
+    kept = build_examples(
+        lm, res.topk, corpus, dataclasses.replace(plain_cfg, keep_read_word=True)
+    ).to_pandas()
+    key = ["layer", "neuron", "rank", "doc_id", "position"]
+    both = plain.merge(kept, on=key, suffixes=("_plain", "_kept"))
+    assert len(both) >= 0.9 * len(plain)
+    assert (both.start_kept <= both.start_plain).all()
+    moved = both[both.start_kept < both.start_plain]
+    assert len(moved) > 0
+    assert (moved.read_position_kept == moved.start_kept).all()
+    same = both[both.start_kept == both.start_plain]
+    assert (same.read_position_kept >= same.start_kept).all()
+    docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
+    acts = neuron_activation_at(
+        lm, [list(t) for t in kept.tokens], list(zip(kept.layer, kept.neuron, strict=True))
+    )
+    np.testing.assert_allclose(acts, kept.trimmed_activation, atol=1e-5)
+    bos = lm.bos_token_id
+    for row in moved.head(5).itertuples():  # the read word, recomputed by hand
+        first = max(1, row.position + 1 - 28)
+        prompt = [bos, *docs[row.doc_id][first : row.position + 1].tolist()]
+        dec = decompose_neuron_input(
+            lm, torch.tensor(prompt), row.layer, row.neuron, len(prompt) - 1
+        )
+        heads = {k: v for k, v in dec.terms.items() if "H" in k and k.startswith("L")}
+        hl, h = (int(x) for x in max(heads, key=heads.__getitem__)[1:].split("H"))
+        att = last_token_attention(lm, [prompt], hl, h)[0]
+        att[0] = att[-1] = 0.0
+        assert first + int(np.argmax(att)) - 1 == row.read_position_kept
 
 
 def test_contrast_prompts_mirror_top_prompts_where_the_neuron_is_silent(

@@ -4,7 +4,10 @@ Each top firing (document, position) becomes a prompt that ends at the firing to
 Its start then moves right as far as the activation at the last token stays at least
 `keep_fraction` (0.8, the paper's rule) of the original, found by the paper's binary
 search on the start, batched: each round evaluates several candidate starts of every
-firing in one forward pass (`trim_prompts`). A trimmed prompt is
+firing in one forward pass (`trim_prompts`). By default (`keep_read_word`) the start then
+moves left, where needed, to the word the neuron's top head reads on the untrimmed
+prompt, so the trimmed prompt keeps the context the look-up uses (the 0.8x rule alone
+cuts it off on many prompts of real text). A trimmed prompt is
 ``[BOS] + doc_tokens[start : position + 1]`` (the BOS rule of `lookuplens.corpus`,
 so every stage sees prompts the same way); `start` indexes the BOS-prefixed document.
 Prompts longer than `max_prompt_tokens` are dropped, duplicates (same neuron, same
@@ -63,6 +66,12 @@ class ExamplesConfig:
     """A contrast's activation is at most this fraction of the neuron's median top one."""
     contrast_search_docs: int = 5000
     """Documents read, at most, to find the contrasts."""
+    keep_read_word: bool = True
+    """Never trim past the word the neuron's top head reads: on the untrimmed prompt (as
+    long as `max_prompt_tokens` allows), the upstream head with the largest direct
+    attribution and the position it attends to most from the firing token (BOS and the
+    firing token left out); the trimmed prompt starts there at the latest. False: the
+    paper's rule alone."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -267,6 +276,7 @@ def build_examples(
         )
     rows = df.to_dict("records")
     trimmed: list[Trimmed | None] = []
+    bos_first = lm.bos_token_id is not None
     step = 256
     for j in range(0, len(rows), step):
         part = rows[j : j + step]
@@ -280,9 +290,13 @@ def build_examples(
         )
         if on_progress is not None:
             on_progress(min(j + step, len(rows)), len(rows))
+    read_at: list[int] = [-1] * len(rows)
+    if cfg.keep_read_word:
+        read_at, trimmed = _keep_read_words(lm, rows, docs, trimmed, cfg, bos_first)
     out: dict[str, list] = {
         k: []
         for k in (
+            "read_position",
             "layer",
             "neuron",
             "rank",
@@ -298,7 +312,7 @@ def build_examples(
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     bos = lm.bos_token_id
     dropped = 0
-    for r, t in zip(rows, trimmed, strict=True):
+    for i, (r, t) in enumerate(zip(rows, trimmed, strict=True)):
         if t is None:
             dropped += 1
             continue
@@ -308,6 +322,7 @@ def build_examples(
         if key in seen:
             continue
         seen.add(key)
+        out["read_position"].append(read_at[i])
         out["layer"].append(int(r["layer"]))
         out["neuron"].append(int(r["neuron"]))
         out["rank"].append(int(r["rank"]))
@@ -341,8 +356,75 @@ def build_examples(
             "split": pa.array(split, pa.string()),
             "n_tokens": pa.array([len(t) for t in out["tokens"]], pa.int64()),
             "kind": pa.array(out["kind"], pa.string()),
+            "read_position": pa.array(out["read_position"], pa.int64()),
         }
     )
+
+
+def _keep_read_words(
+    lm: LoadedModel,
+    rows: list[dict],
+    docs: dict[int, np.ndarray],
+    trimmed: list[Trimmed | None],
+    cfg: ExamplesConfig,
+    bos_first: bool,
+) -> tuple[list[int], list[Trimmed | None]]:
+    """Per firing, the document position the neuron's top head reads on the untrimmed
+    prompt (-1: none), and the trimmed starts moved left to keep it (see
+    `ExamplesConfig.keep_read_word`), their activations measured again."""
+    from lookuplens.attribute import decompose_neuron_input
+    from lookuplens.explain.offline import last_token_attention
+
+    bos = lm.bos_token_id
+    body_cap = cfg.max_prompt_tokens - 1 - bos_first
+    first_start = 1 if bos_first else 0
+    read_at = [-1] * len(rows)
+    jobs: dict[tuple[int, int], list[tuple[int, list[int], int]]] = {}
+    for i, (r, t) in enumerate(zip(rows, trimmed, strict=True)):
+        if t is None:
+            continue
+        pos = int(r["position"])
+        first = max(first_start, pos + 1 - body_cap)
+        prompt = ([bos] if bos_first else []) + docs[r["doc_id"]][first : pos + 1].tolist()
+        dec = decompose_neuron_input(
+            lm, torch.tensor(prompt), int(r["layer"]), int(r["neuron"]), len(prompt) - 1
+        )
+        heads = {k: v for k, v in dec.terms.items() if k.startswith("L") and "H" in k}
+        if not heads:
+            continue
+        top = max(heads, key=lambda k: (heads[k], k))
+        hl, h = (int(x) for x in top[1:].split("H"))
+        jobs.setdefault((hl, h), []).append((i, prompt, first))
+    moved: list[int] = []
+    for (hl, h), items in jobs.items():
+        pats = last_token_attention(lm, [p for _, p, _ in items], hl, h, cfg.batch_tokens)
+        for (i, _prompt, first), att in zip(items, pats, strict=True):
+            att = att.copy()
+            att[-1] = 0.0  # the firing token itself
+            if bos_first:
+                att[0] = 0.0
+            if len(att) < 2 or att.max() <= 0:
+                continue
+            at = first + int(np.argmax(att)) - (1 if bos_first else 0)
+            read_at[i] = at
+            t = trimmed[i]
+            if t is not None and at < t.start:
+                moved.append(i)
+                trimmed[i] = Trimmed(at, t.activation)
+    if moved:
+        prompts = [
+            ([bos] if bos_first else [])
+            + docs[rows[i]["doc_id"]][trimmed[i].start : int(rows[i]["position"]) + 1].tolist()  # type: ignore[union-attr]
+            for i in moved
+        ]
+        neurons = [(int(rows[i]["layer"]), int(rows[i]["neuron"])) for i in moved]
+        acts = neuron_activation_at(lm, prompts, neurons, cfg.batch_tokens)
+        for i, a in zip(moved, acts, strict=True):
+            trimmed[i] = Trimmed(trimmed[i].start, float(a))  # type: ignore[union-attr]
+    log.info(
+        "kept the top head's most-read word in %d prompts by starting them earlier", len(moved)
+    )
+    return read_at, trimmed
 
 
 def _add_contrasts(
@@ -381,6 +463,7 @@ def _add_contrasts(
         out["text"].append(lm.tokenizer.decode(body).replace("\n", " "))
         out["trimmed_activation"].append(float(t))
         out["kind"].append("contrast")
+        out["read_position"].append(-1)
     log.info("added %d contrast prompts", len(found))
 
 

@@ -172,6 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "split": "rank",  # the February version explains with the first 20 prompts
             "n_train": 20,
             "contrast": 0,  # top prompts only, no contrast prompts
+            "keep_read_word": False,  # the 0.8x rule alone
         },
         "attribute": {
             "label_method": "raw",  # head result . W_in, no norm
