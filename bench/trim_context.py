@@ -21,9 +21,8 @@ import torch
 
 
 def main() -> None:
-    from lookuplens.attribute import decompose_neuron_input
     from lookuplens.corpus import iter_tokenized
-    from lookuplens.explain.offline import last_token_attention
+    from lookuplens.examples import top_head_reads
     from lookuplens.model import load_model
     from lookuplens.pipeline import RunConfig
     from lookuplens.store import RunDir
@@ -50,24 +49,22 @@ def main() -> None:
             docs[d.doc_id] = d.tokens
     bos = lm.bos_token_id
     cap = cfg.examples.max_prompt_tokens - 1 - (bos is not None)
-    survived: dict[int, list[bool]] = defaultdict(list)
-    kept_share: list[float] = []
+    prompts, firsts = [], []
     for r in ex.itertuples():
-        doc = docs[int(r.doc_id)]
         pos = int(r.position)
         first = max(1 if bos is not None else 0, pos + 1 - cap)
-        prompt = ([bos] if bos is not None else []) + doc[first : pos + 1].tolist()
-        tokens = torch.tensor(prompt)
-        dec = decompose_neuron_input(lm, tokens, int(r.layer), int(r.neuron), len(prompt) - 1)
-        heads = {k: v for k, v in dec.terms.items() if k.startswith("L") and "H" in k}
-        top = max(heads, key=lambda k: heads[k])
-        hl, h = (int(x) for x in top[1:].split("H"))
-        att = last_token_attention(lm, [prompt], hl, h)[0]
-        att[0] = 0.0  # BOS
-        att[-1] = 0.0  # the firing token itself
-        read = int(np.argmax(att))  # index into the untrimmed prompt
+        prompts.append(
+            ([bos] if bos is not None else []) + docs[int(r.doc_id)][first : pos + 1].tolist()
+        )
+        firsts.append(first)
+    neurons_of = list(zip(ex.layer.astype(int), ex.neuron.astype(int), strict=True))
+    reads = top_head_reads(lm, prompts, neurons_of, cfg.examples.batch_tokens)
+    survived: dict[int, list[bool]] = defaultdict(list)
+    kept_share: list[float] = []
+    for r, read, first in zip(ex.itertuples(), reads, firsts, strict=True):
+        pos = int(r.position)
         read_doc = first + read - (1 if bos is not None else 0)  # index into the document
-        survived[int(r.layer)].append(read_doc >= int(r.start))
+        survived[int(r.layer)].append(read >= 0 and read_doc >= int(r.start))
         kept_share.append((pos + 1 - int(r.start)) / (pos + 1 - first))
     allv = [v for vs in survived.values() for v in vs]
     print(f"{args.run}: {len(allv)} top prompts of selected neurons")

@@ -8,9 +8,6 @@ byte-level one. Each goes through `load_model`, the path users take.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from lookuplens.model import load_model
 from lookuplens.model.tiny import build_tiny_model
 from lookuplens.pipeline import build_config, run_pipeline
 from lookuplens.report.tokens import token_label
+from test_run import cli
 
 WORDS = (
     "the an a apple owl orange otter cat dog sat on mat and then she bought picked up "
@@ -50,17 +48,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Pa
         for i, (name, (fam, kind)) in enumerate(MODELS.items())
     }
     return dirs, corpus
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "lookuplens.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n != "mistral_sentencepiece"])

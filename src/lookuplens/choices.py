@@ -60,15 +60,16 @@ def bad_choice(value: object, choices: tuple[object, ...], is_sequence: bool) ->
     return None
 
 
-def check_value(name: str, value: object, cls: type) -> None:
-    """Raise ``ValueError`` when `value` is not a choice of field `name` of `cls`."""
+def check_value(name: str, value: object, cls: type, shown: str | None = None) -> None:
+    """Raise ``ValueError`` when `value` is not a choice of field `name` of `cls`; the
+    message names the setting `shown` (default: `name`), e.g. a command-line flag."""
     found = field_choices(cls).get(name)
     if found is None:
         return
     bad = bad_choice(value, *found)
     if bad is not None:
         allowed = ", ".join(str(c) for c in found[0])
-        raise ValueError(f"{name} must be one of {allowed}; got {bad!r}")
+        raise ValueError(f"{shown or name} must be one of {allowed}; got {bad!r}")
 
 
 def check_choices(obj: object) -> None:

@@ -6,6 +6,7 @@ one line on stderr and exit code 2; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -261,21 +262,14 @@ def _given(ctx: Any, names: Iterable[str]) -> list[str]:
 
 def run_overrides(opts: dict[str, object], given: Iterable[str]) -> dict[str, object]:
     """The dotted RunConfig settings of the given options, each checked against its choices."""
-    from lookuplens.pipeline import setting_choices
+    from lookuplens.pipeline import check_setting
 
     out: dict[str, object] = {}
     for name in given:
         opt = _OPTIONS[name]
         value = opt.to_config(opts[name])
-        flag = "--" + name.replace("_", "-")
         for path in opt.paths:
-            choices = setting_choices(path)
-            values = value if isinstance(value, tuple) else (value,)
-            bad = [v for v in values if choices is not None and v is not None and v not in choices]
-            if bad:
-                raise UserError(
-                    f"{flag} must be one of {', '.join(map(str, choices or ()))}; got {bad[0]!r}"
-                )
+            check_setting(path, value, "--" + name.replace("_", "-"))
             out[path] = value
     return out
 
@@ -582,14 +576,20 @@ def _stage_command(until: str | None, help_text: str):  # type: ignore[no-untype
     return command
 
 
-def _option_default(name: str) -> object:
-    """An option's default as the command line shows it, read from `RunConfig`."""
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    """`RunConfig`'s defaults as nested dicts (read once)."""
     import dataclasses
 
     from lookuplens.pipeline import RunConfig
 
+    return dataclasses.asdict(RunConfig())
+
+
+def _option_default(name: str) -> object:
+    """An option's default as the command line shows it, read from `RunConfig`."""
     opt = _OPTIONS[name]
-    value: Any = dataclasses.asdict(RunConfig())
+    value: Any = _config_defaults()
     for part in opt.paths[0].split("."):
         value = value[part]
     return opt.to_cli(value)

@@ -361,6 +361,42 @@ def build_examples(
     )
 
 
+def top_head_reads(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    neurons: Sequence[tuple[int, int]],
+    batch_tokens: int = 8192,
+) -> list[int]:
+    """For each prompt, the index of the token the neuron's top head reads: the upstream
+    head with the largest exact direct attribution to ``neurons[i]`` at the last position,
+    and the position it attends to most from there (BOS, when the model has one, and the
+    last token itself left out); -1 when it attends to nothing else."""
+    from lookuplens.attribute import decompose_neuron_input
+    from lookuplens.explain.offline import last_token_attention
+
+    bos_first = lm.bos_token_id is not None
+    out = [-1] * len(prompts)
+    jobs: dict[tuple[int, int], list[int]] = {}
+    for i, (prompt, (layer, neuron)) in enumerate(zip(prompts, neurons, strict=True)):
+        dec = decompose_neuron_input(lm, torch.tensor(list(prompt)), layer, neuron, len(prompt) - 1)
+        heads = {k: v for k, v in dec.terms.items() if k.startswith("L") and "H" in k}
+        if not heads:
+            continue
+        top = max(heads, key=lambda k: (heads[k], k))
+        hl, h = (int(x) for x in top[1:].split("H"))
+        jobs.setdefault((hl, h), []).append(i)
+    for (hl, h), idx in jobs.items():
+        pats = last_token_attention(lm, [prompts[i] for i in idx], hl, h, batch_tokens)
+        for i, att in zip(idx, pats, strict=True):
+            att = att.copy()
+            att[-1] = 0.0  # the last token itself
+            if bos_first:
+                att[0] = 0.0
+            if len(att) >= 2 and att.max() > 0:
+                out[i] = int(np.argmax(att))
+    return out
+
+
 def _keep_read_words(
     lm: LoadedModel,
     rows: list[dict],
@@ -372,45 +408,31 @@ def _keep_read_words(
     """Per firing, the document position the neuron's top head reads on the untrimmed
     prompt (-1: none), and the trimmed starts moved left to keep it (see
     `ExamplesConfig.keep_read_word`), their activations measured again."""
-    from lookuplens.attribute import decompose_neuron_input
-    from lookuplens.explain.offline import last_token_attention
-
     bos = lm.bos_token_id
     body_cap = cfg.max_prompt_tokens - 1 - bos_first
     first_start = 1 if bos_first else 0
     read_at = [-1] * len(rows)
-    jobs: dict[tuple[int, int], list[tuple[int, list[int], int]]] = {}
-    for i, (r, t) in enumerate(zip(rows, trimmed, strict=True)):
-        if t is None:
-            continue
-        pos = int(r["position"])
-        first = max(first_start, pos + 1 - body_cap)
-        prompt = ([bos] if bos_first else []) + docs[r["doc_id"]][first : pos + 1].tolist()
-        dec = decompose_neuron_input(
-            lm, torch.tensor(prompt), int(r["layer"]), int(r["neuron"]), len(prompt) - 1
-        )
-        heads = {k: v for k, v in dec.terms.items() if k.startswith("L") and "H" in k}
-        if not heads:
-            continue
-        top = max(heads, key=lambda k: (heads[k], k))
-        hl, h = (int(x) for x in top[1:].split("H"))
-        jobs.setdefault((hl, h), []).append((i, prompt, first))
+    live = [i for i, t in enumerate(trimmed) if t is not None]
+    firsts = {i: max(first_start, int(rows[i]["position"]) + 1 - body_cap) for i in live}
+    prompts = [
+        ([bos] if bos_first else [])
+        + docs[rows[i]["doc_id"]][firsts[i] : int(rows[i]["position"]) + 1].tolist()
+        for i in live
+    ]
+    reads = top_head_reads(
+        lm, prompts, [(int(rows[i]["layer"]), int(rows[i]["neuron"])) for i in live],
+        cfg.batch_tokens,
+    )  # fmt: skip
     moved: list[int] = []
-    for (hl, h), items in jobs.items():
-        pats = last_token_attention(lm, [p for _, p, _ in items], hl, h, cfg.batch_tokens)
-        for (i, _prompt, first), att in zip(items, pats, strict=True):
-            att = att.copy()
-            att[-1] = 0.0  # the firing token itself
-            if bos_first:
-                att[0] = 0.0
-            if len(att) < 2 or att.max() <= 0:
-                continue
-            at = first + int(np.argmax(att)) - (1 if bos_first else 0)
-            read_at[i] = at
-            t = trimmed[i]
-            if t is not None and at < t.start:
-                moved.append(i)
-                trimmed[i] = Trimmed(at, t.activation)
+    for i, read in zip(live, reads, strict=True):
+        if read < 0:
+            continue
+        at = firsts[i] + read - (1 if bos_first else 0)
+        read_at[i] = at
+        t = trimmed[i]
+        if t is not None and at < t.start:
+            moved.append(i)
+            trimmed[i] = Trimmed(at, t.activation)
     if moved:
         prompts = [
             ([bos] if bos_first else [])

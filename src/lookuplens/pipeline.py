@@ -250,15 +250,31 @@ def _bundled_corpus(base: dict[str, Any]) -> None:
         raise UserError(str(e.args[0])) from None
 
 
-def setting_choices(path: str) -> tuple[object, ...] | None:
-    """The allowed values of a dotted RunConfig setting with a closed set of choices (from
-    its ``Literal`` type), else None."""
+def _owner(path: str) -> tuple[type, str]:
+    """The config dataclass holding a dotted RunConfig setting, and the field's name."""
     cls: Any = RunConfig
     *parents, leaf = path.split(".")
     for p in parents:
         cls = typing.get_type_hints(cls)[p]
+    return cls, leaf
+
+
+def setting_choices(path: str) -> tuple[object, ...] | None:
+    """The allowed values of a dotted RunConfig setting with a closed set of choices (from
+    its ``Literal`` type), else None."""
+    cls, leaf = _owner(path)
     found = field_choices(cls).get(leaf)
     return None if found is None else found[0]
+
+
+def check_setting(path: str, value: object, shown: str | None = None) -> None:
+    """A `UserError` naming `shown` (default: the path) when `value` is not one of a
+    dotted setting's closed set of choices."""
+    cls, leaf = _owner(path)
+    try:
+        check_value(leaf, value, cls, shown or path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def set_path(d: dict[str, Any], path: str, value: object) -> None:

@@ -382,10 +382,15 @@ class OfflineExplainer:
         members the prompts held and counts the rest."""
         if f["kind"] != "any_of":
             return self._show(str(f["text"]), "", texts)
+        shown, n = self._members(f)
+        return shown + (f" (of {n} such tokens)" if n > MAX_QUOTED else "")
+
+    def _members(self, f: dict[str, object]) -> tuple[str, int]:
+        """A token set's first `MAX_QUOTED` members the training prompts held (all its
+        members when they held none), quoted, and the set's size."""
         ids = list(f["ids"])  # type: ignore[call-overload]
         seen = list(f.get("seen_ids") or ids)  # type: ignore[arg-type]
-        shown = ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen[:MAX_QUOTED])
-        return shown + (f" (of {len(ids)} such tokens)" if len(ids) > MAX_QUOTED else "")
+        return ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen[:MAX_QUOTED]), len(ids)
 
     def _conditions(
         self, feats: Sequence[dict[str, object]], texts: Sequence[str], target: str = ""
@@ -393,12 +398,10 @@ class OfflineExplainer:
         parts = []
         for f in feats:
             if f["kind"] == "any_of":
-                ids = list(f["ids"])  # type: ignore[call-overload]
-                seen = list(f["seen_ids"])[:MAX_QUOTED] or ids[:MAX_QUOTED]  # type: ignore[call-overload]
-                shown = ", ".join(f'"{self.lm.token_str(t).strip()}"' for t in seen)
+                shown, n = self._members(f)
                 parts.append(
                     f"contains a word the head looks up to drive the neuron ({shown}; "
-                    f"{len(ids)} such tokens)"
+                    f"{n} such tokens)"
                 )
         for kind, verb in (("contains", "contains"), ("ends_with", "ends with")):
             chosen = [f for f in feats if f["kind"] == kind]

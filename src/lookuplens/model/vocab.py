@@ -78,9 +78,10 @@ def _backend_spec(tokenizer: Any) -> dict[str, Any] | None:
     return out
 
 
-def detect_convention(tokenizer: Any) -> Convention:
-    """The convention of a tokenizer, from its parts, else from its vocabulary."""
-    spec = _backend_spec(tokenizer)
+def detect_convention(tokenizer: Any, spec: dict[str, Any] | None = None) -> Convention:
+    """The convention of a tokenizer, from its parts (`spec`: its `_backend_spec`, read
+    when not given), else from its vocabulary."""
+    spec = spec if spec is not None else _backend_spec(tokenizer)
     if spec is not None:
         if spec["model"] == "WordLevel":
             return "word_level"
@@ -115,9 +116,9 @@ class Vocab:
 
     def __init__(self, tokenizer: Any, size: int | None = None) -> None:
         self.tokenizer = tokenizer
-        self.convention: Convention = detect_convention(tokenizer)
-        self.size = int(size) if size is not None else len(tokenizer)
         spec = _backend_spec(tokenizer)
+        self.convention: Convention = detect_convention(tokenizer, spec)
+        self.size = int(size) if size is not None else len(tokenizer)
         prefix = spec.get("continuing_subword_prefix") if spec else None
         self._cont_prefix = prefix or "##"
         self._texts: dict[int, str] = {}

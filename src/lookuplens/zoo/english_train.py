@@ -35,7 +35,6 @@ from lookuplens.zoo.train import _batches, package_versions
 
 logger = logging.getLogger(__name__)
 
-BOS = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -86,23 +85,12 @@ class EnglishConfig:
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A GPT-2-style byte-level BPE (tokens carry their leading space; BOS is prepended by
-    callers, the project-wide rule)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A GPT-2-style byte-level BPE with ``<|endoftext|>`` as every special token (tokens
+    carry their leading space; BOS is prepended by callers, the project-wide rule): the
+    byte-level tokenizer `lookuplens.model.tiny.build_tokenizer` trains."""
+    from lookuplens.model.tiny import build_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=BOS, pad_token=BOS
-    )
+    return build_tokenizer(texts, vocab_size, kind="byte_level")  # type: ignore[no-any-return]
 
 
 def _lr_at(step: int, cfg: EnglishConfig) -> float:
