@@ -536,14 +536,27 @@ def _stage_score(ctx: Context) -> str:
 
 def _stage_report(ctx: Context) -> str:
     ctx.reporter.start("report", None, "sections")
-    if ctx.cfg.corpus.source == "storyworld" and ctx.cfg.model in ("", "bundled:storyworld"):
-        # the bundled model on its own corpus: compare with the planted mechanisms
+    world = _planted_world(ctx.cfg)
+    if world is not None:
+        # a bundled planted model on its own corpus: compare with the planted mechanisms
         from lookuplens.zoo.ground_truth import compare
 
-        ctx.run.update_meta(ground_truth=_finite(compare(ctx.run, ctx.lm)))
+        ctx.run.update_meta(ground_truth=_finite(compare(ctx.run, ctx.lm, world=world)))
     path = write_report(ctx.run, ctx.lm, ctx.cfg.report)
     ctx.reporter.finish(str(path))
     return str(path)
+
+
+def _planted_world(cfg: RunConfig) -> str | None:
+    """The planted world whose ground truth applies: a bundled planted model scanning its
+    own corpus."""
+    from lookuplens.zoo import bundled_corpus
+
+    if cfg.corpus.source == "storyworld" and cfg.model in ("", "bundled:storyworld"):
+        return "storyworld"
+    if cfg.model == "bundled:tripworld" and cfg.corpus.source == bundled_corpus("tripworld"):
+        return "tripworld"
+    return None
 
 
 def _score_summary(stats: Mapping[str, Any]) -> str:

@@ -31,7 +31,11 @@ __all__ = [
 ]
 
 
-BUNDLED_MODELS: dict[str, str] = {"storyworld": "storyworld_model", "english": "english_model"}
+BUNDLED_MODELS: dict[str, str] = {
+    "storyworld": "storyworld_model",
+    "english": "english_model",
+    "tripworld": "tripworld_model",
+}
 """``bundled:NAME`` -> the folder of the shipped checkpoint beside this file."""
 
 
@@ -41,8 +45,8 @@ def default_model_path() -> Path:
 
 
 def bundled_model_path(name: str) -> Path:
-    """The folder of a shipped checkpoint: ``storyworld`` or ``english`` (``bundled:`` may
-    prefix it). Raises ``KeyError`` naming the known models."""
+    """The folder of a shipped checkpoint: ``storyworld``, ``english`` or ``tripworld``
+    (``bundled:`` may prefix it). Raises ``KeyError`` naming the known models."""
     key = name.removeprefix("bundled:")
     if key not in BUNDLED_MODELS:
         raise KeyError(

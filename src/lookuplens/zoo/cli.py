@@ -159,6 +159,29 @@ def train_english_command(
     typer.echo(f"saved {path}")
 
 
+@app.command("train-tripworld")
+def train_tripworld_command(
+    out: Annotated[Path, typer.Option(help="Folder to write the checkpoint to.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 6000,
+    train_docs: Annotated[int, typer.Option(help="Trips generated for training.")] = 30000,
+    seed: Annotated[int, typer.Option(help="Seed of the trips, weights and batch order.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+) -> None:
+    """Train the bundled tripworld model (the second planted world: word-level tokenizer,
+    a far-back cue that modulates a trigger, distractors, near-misses); a rerun after an
+    interruption continues from the last saved step."""
+    from lookuplens.zoo.tripworld_train import TripConfig, train_tripworld
+
+    _setup_logging(verbose)
+    try:
+        cfg = TripConfig(steps=steps, seed=seed, n_train_docs=train_docs)
+        path = train_tripworld(cfg, out, overwrite=overwrite)
+    except (LookuplensError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"saved {path}")
+
+
 @app.command("card")
 def card_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from `zoo train`).")],

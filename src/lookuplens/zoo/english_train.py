@@ -31,10 +31,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from lookuplens.errors import UserError
 from lookuplens.zoo.english import SOURCES, Document, documents
 from lookuplens.zoo.evaluate import pad_batch
-from lookuplens.zoo.train import _batches, package_versions
+from lookuplens.zoo.fit import FitSettings, fit
+from lookuplens.zoo.train import package_versions
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     from lookuplens.model.tiny import build_tokenizer
 
     return build_tokenizer(texts, vocab_size, kind="byte_level")  # type: ignore[no-any-return]
-
-
-def _lr_at(step: int, cfg: EnglishConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
-    cos = 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
 
 
 def encode(tokenizer: Any, docs: Sequence[Document], n_positions: int) -> list[list[int]]:
@@ -313,61 +305,14 @@ def train_english(
         )
     )
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
-    )  # fmt: skip
-    batches = _batches([len(s) for s in seqs], cfg.batch_size, np.random.default_rng(cfg.seed))
     partial = out_dir.with_name(f".{out_dir.name}.partial")
-    first_step, seen, window, prior = 0, 0, [], 0.0
-    state_path = partial / "state.pt"
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise UserError(f"{partial} holds a training with another config; remove it")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        first_step, seen = int(state["step"]), int(state["seen"])
-        window, prior = list(state["window"]), float(state["seconds"])
-        for _ in range(first_step):
-            next(batches)
-        logger.info("resuming from step %d", first_step)
-    model.train()
-    start = time.perf_counter()
-    for step in range(first_step, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
-        ids, mask = pad_batch([seqs[i] for i in next(batches)], bos)
-        logits = model(input_ids=ids, attention_mask=mask.long()).logits
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-        loss = (ce * mask[:, 1:]).sum() / mask[:, 1:].sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        seen += int(mask.sum())
-        window = [*window, loss.item()][-cfg.log_every :]
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            el = prior + time.perf_counter() - start
-            mean = sum(window) / len(window)
-            eta = el / done * (cfg.steps - done)
-            logger.info(
-                "step %d/%d loss %.4f %.0f tok/s eta %.0fs", done, cfg.steps, mean, seen / el, eta
-            )
-        if save_every and done % save_every == 0 and done < cfg.steps:
-            partial.mkdir(parents=True, exist_ok=True)
-            state = {"config": asdict(cfg), "step": done, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                     "seen": seen, "window": window,
-                     "seconds": prior + time.perf_counter() - start}  # fmt: skip
-            torch.save(state, partial / "state.pt.tmp")
-            os.replace(partial / "state.pt.tmp", state_path)
-    seconds = prior + time.perf_counter() - start
+    settings = FitSettings(
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip, seed=cfg.seed, log_every=cfg.log_every,
+    )  # fmt: skip
+    result = fit(model, seqs, bos, settings, partial, asdict(cfg), save_every=save_every)
+    seconds, seen = result.seconds, result.seen_tokens
     model.eval()
     ev = evaluate(model, tokenizer, held_seqs)
     logger.info("held-out: %s", ev.as_json())
@@ -393,7 +338,7 @@ def train_english(
         "parameters": n_params,
         "train_tokens_seen": seen,
         "training_seconds": round(seconds, 1),
-        "final_train_loss": sum(window) / max(len(window), 1),
+        "final_train_loss": result.final_loss,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
         "evaluation": ev.as_json(),

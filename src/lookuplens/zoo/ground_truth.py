@@ -1,13 +1,14 @@
-"""Compare a run's findings on the storyworld with the mechanisms planted in it, causally.
+"""Compare a run's findings on a planted world with the mechanisms planted in it, causally.
 
-The planted look-ups fix, for each kind (article, topic, name), the target tokens and the
-cue word that decides each one. The truth is measured on the model from held-out stories,
-independently of the pipeline, by swapping the cue:
+A planted world (`WORLDS`: the storyworld, the tripworld) fixes, for each annotated
+prediction, the target token and the cue word that decides it. The truth is measured on
+the model from held-out documents, independently of the pipeline, by swapping the cue:
 
 - the cue word is replaced by another word of its class that decides another target (an
   "owl" by a "kettle"-like consonant object, "bakery" by another place, a name by another
-  name of the same gender); `cue_decides` is the share of annotated predictions whose
-  p(target) at least halves, proof that the cue decides it;
+  name of the same gender, "winter" by a season of another item); `cue_decides` is the
+  share of annotated predictions whose p(target) at least halves, proof that the cue
+  decides it;
 - a head is a *cue-reading head* of a next-token neuron when its output, patched from the
   cue-swapped run into the clean run, lowers the neuron's activation at the predicting
   position by at least `min_share` of it, averaged over the annotations whose target is
@@ -21,7 +22,9 @@ pairs that are ground truth; recall the share of ground-truth pairs found.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +32,8 @@ import torch
 from lookuplens.attribute import _pad, upstream_layers
 from lookuplens.model import LoadedModel, hook_name
 from lookuplens.store import RunDir
-from lookuplens.zoo.storyworld import PLANTED, generate_corpus, token_positions
+from lookuplens.zoo import storyworld, tripworld
+from lookuplens.zoo.storyworld import PLANTED
 from lookuplens.zoo.words import (
     CONSONANT_OBJECTS,
     FEMALE_NAMES,
@@ -56,28 +60,92 @@ class GroundTruthConfig:
     """Prompts per forward batch."""
 
 
-def cue_attention(lm: LoadedModel, cfg: GroundTruthConfig) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class PlantedWorld:
+    """What the ground truth needs from a planted world's generator."""
+
+    name: str
+    targets: dict[str, str]
+    """Planted target (running text, e.g. " an") -> its kind."""
+    heldout: Callable[[int, int], Sequence[Any]]
+    """(n_docs, seed) -> held-out documents with ``text``."""
+    positions: Callable[[Any, Any], Sequence[Any]]
+    """(document, tokenizer) -> its annotations in token indices (``kind``, ``target``,
+    ``target_token_id``, ``predict_index``, ``cue_indices``, ``cue_word``)."""
+    replacement: Callable[[str, str, str, np.random.Generator], str | None]
+    """(kind, cue word, document text, rng) -> a word of the cue's class deciding another
+    target and absent from the text, or None."""
+
+
+def _story_replacement(kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
+    """A word of the cue's class that decides another target, not already in the story."""
+    if kind == "article":
+        pool = CONSONANT_OBJECTS if cue in VOWEL_OBJECTS else VOWEL_OBJECTS
+    elif kind == "topic":
+        pool = tuple(p for p in TOPICS if p != cue)
+    else:
+        pool = FEMALE_NAMES if cue in FEMALE_NAMES else MALE_NAMES
+    words = set(text.replace(".", " ").replace(",", " ").split())
+    options = [w for w in pool if w != cue and w not in words]
+    return str(rng.choice(options)) if options else None
+
+
+def _trip_replacement(_kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
+    present = set(text.split())
+    options = [w for w, item in tripworld.SEASONS.items() if item != tripworld.SEASONS[cue]]
+    options = [w for w in options if w not in present]
+    return str(rng.choice(options)) if options else None
+
+
+WORLDS: dict[str, PlantedWorld] = {
+    "storyworld": PlantedWorld(
+        "storyworld",
+        {t: kind for kind, planted in PLANTED.items() for t in planted.targets},
+        lambda n, seed: storyworld.generate_corpus(n, seed, "heldout"),
+        storyworld.token_positions,
+        _story_replacement,
+    ),
+    "tripworld": PlantedWorld(
+        "tripworld",
+        {f" {item}": tripworld.KIND for item in tripworld.ITEMS},
+        lambda n, seed: tripworld.generate_corpus(n, seed, "heldout"),
+        tripworld.token_positions,
+        _trip_replacement,
+    ),
+}
+"""The bundled planted worlds, by the name of their bundled model."""
+
+
+def _annotated(lm: LoadedModel, world: PlantedWorld, cfg: GroundTruthConfig) -> Iterator[Any]:
+    """(document, token ids, annotation) for each held-out annotation within the context."""
+    for doc in world.heldout(cfg.n_docs, cfg.seed):
+        ids = lm.to_tokens(doc.text)[0, : lm.max_context].tolist()
+        for a in world.positions(doc, lm.tokenizer):
+            if a.predict_index < len(ids):
+                yield doc, ids, a
+
+
+def cue_attention(
+    lm: LoadedModel, cfg: GroundTruthConfig, world: PlantedWorld | None = None
+) -> dict[str, np.ndarray]:
     """Per kind, the mean attention ``[n_layers, n_heads]`` from predicting position to cue."""
-    docs = generate_corpus(cfg.n_docs, cfg.seed, "heldout")
+    world = world or WORLDS["storyworld"]
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     names = [hook_name(layer, "attn.hook_pattern") for layer in range(lm.n_layers)]
-    for doc in docs:
-        anns = token_positions(doc, lm.tokenizer)
-        if not anns:
+    cache_of: dict[int, torch.Tensor] = {}
+    for doc, ids, a in _annotated(lm, world, cfg):
+        if id(doc) not in cache_of:
+            cache_of.clear()
+            _, cache = lm.run_with_cache(torch.tensor([ids]), names)
+            cache_of[id(doc)] = torch.stack([cache[n][0] for n in names])  # [L, H, q, k]
+        pats = cache_of[id(doc)]
+        cues = [c for c in a.cue_indices if c <= a.predict_index]
+        if not cues:
             continue
-        ids = lm.to_tokens(doc.text)[:, : lm.max_context]
-        _, cache = lm.run_with_cache(ids, names)
-        pats = torch.stack([cache[n][0] for n in names])  # [L, H, q, k]
-        for a in anns:
-            if a.predict_index >= ids.shape[1]:
-                continue
-            cues = [c for c in a.cue_indices if c <= a.predict_index]
-            if not cues:
-                continue
-            att = pats[:, :, a.predict_index, cues].sum(-1).double().numpy()
-            sums[a.kind] = sums.get(a.kind, 0) + att
-            counts[a.kind] = counts.get(a.kind, 0) + 1
+        att = pats[:, :, a.predict_index, cues].sum(-1).double().numpy()
+        sums[a.kind] = sums.get(a.kind, 0) + att
+        counts[a.kind] = counts.get(a.kind, 0) + 1
     return {k: sums[k] / counts[k] for k in sums}
 
 
@@ -94,42 +162,31 @@ class CueSwap:
     cue_index: int
 
 
-def _replacement(kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
-    """A word of the cue's class that decides another target, not already in the story."""
-    if kind == "article":
-        pool = CONSONANT_OBJECTS if cue in VOWEL_OBJECTS else VOWEL_OBJECTS
-    elif kind == "topic":
-        pool = tuple(p for p in TOPICS if p != cue)
-    else:
-        pool = FEMALE_NAMES if cue in FEMALE_NAMES else MALE_NAMES
-    words = set(text.replace(".", " ").replace(",", " ").split())
-    options = [w for w in pool if w != cue and w not in words]
-    return str(rng.choice(options)) if options else None
-
-
-def cue_swaps(lm: LoadedModel, cfg: GroundTruthConfig) -> list[CueSwap]:
-    """Every annotated prediction of `cfg.n_docs` held-out stories with its cue swapped."""
+def cue_swaps(
+    lm: LoadedModel, cfg: GroundTruthConfig, world: PlantedWorld | None = None
+) -> list[CueSwap]:
+    """Every annotated held-out prediction with its cue swapped."""
+    world = world or WORLDS["storyworld"]
     rng = np.random.default_rng(cfg.seed)
     out = []
-    for doc in generate_corpus(cfg.n_docs, cfg.seed, "heldout"):
-        ids = lm.to_tokens(doc.text)[0, : lm.max_context].tolist()
-        for a in token_positions(doc, lm.tokenizer):
-            if a.predict_index >= len(ids):
-                continue
-            cue_id = lm.resolve_token(" " + a.cue_word)
-            at = [i for i in a.cue_indices if i <= a.predict_index and ids[i] == cue_id]
-            word = _replacement(a.kind, a.cue_word, doc.text, rng)
-            if not at or word is None:
-                continue
-            tokens = ids[: a.predict_index + 1]
-            swapped = list(tokens)
-            swapped[at[0]] = lm.resolve_token(" " + word)
-            out.append(CueSwap(a.kind, a.target, a.target_token_id, tokens, swapped, at[0]))
+    for doc, ids, a in _annotated(lm, world, cfg):
+        cue_id = lm.resolve_token(" " + a.cue_word)
+        at = [i for i in a.cue_indices if i <= a.predict_index and ids[i] == cue_id]
+        word = world.replacement(a.kind, a.cue_word, doc.text, rng)
+        if not at or word is None:
+            continue
+        tokens = ids[: a.predict_index + 1]
+        swapped = list(tokens)
+        swapped[at[0]] = lm.resolve_token(" " + word)
+        out.append(CueSwap(a.kind, a.target, a.target_token_id, tokens, swapped, at[0]))
     return out
 
 
 def causal_truth(
-    lm: LoadedModel, targets: dict[int, list[tuple[int, int]]], cfg: GroundTruthConfig
+    lm: LoadedModel,
+    targets: dict[int, list[tuple[int, int]]],
+    cfg: GroundTruthConfig,
+    world: PlantedWorld | None = None,
 ) -> dict[str, object]:
     """Cue-reading heads per neuron, measured by patching from cue-swapped runs.
 
@@ -141,7 +198,7 @@ def causal_truth(
     """
     from lookuplens.verify import _forward, _head_edit, _Row
 
-    swaps = cue_swaps(lm, cfg)
+    swaps = cue_swaps(lm, cfg, world)
     decides: dict[str, list[bool]] = {}
     for j in range(0, len(swaps), cfg.batch_rows):
         part = swaps[j : j + cfg.batch_rows]
@@ -193,22 +250,21 @@ def causal_truth(
 
 
 def compare(
-    run: RunDir, lm: LoadedModel, cfg: GroundTruthConfig | None = None
+    run: RunDir, lm: LoadedModel, cfg: GroundTruthConfig | None = None, world: str = "storyworld"
 ) -> dict[str, object]:
-    """Precision and recall of the run's headline findings against the causal truth."""
+    """Precision and recall of the run's headline findings against the causal truth of
+    the planted `world` (a key of `WORLDS`)."""
     cfg = cfg or GroundTruthConfig()
+    planted_world = WORLDS[world]
     neurons = run.read_df("neurons")
-    kind_of: dict[str, str] = {}
-    for planted_kind, planted in PLANTED.items():
-        for t in planted.targets:
-            kind_of[t] = planted_kind
+    kind_of = planted_world.targets
     sel = neurons[neurons.selected & neurons.token.isin(list(kind_of))]
     targets: dict[int, list[tuple[int, int]]] = {}
     name_of: dict[tuple[int, int], str] = {}
     for row in sel.itertuples():
         targets.setdefault(int(row.token_id), []).append((int(row.layer), int(row.neuron)))
         name_of[(int(row.layer), int(row.neuron))] = str(row.token)
-    truth_info = causal_truth(lm, targets, cfg)
+    truth_info = causal_truth(lm, targets, cfg, planted_world)
     truth: set[tuple[int, int, int, int]] = truth_info["pairs"]  # type: ignore[assignment]
     predicted: set[tuple[int, int, int, int]] = set()
     if run.has_table("findings"):
@@ -218,13 +274,14 @@ def compare(
             (int(r.layer), int(r.neuron), int(r.head_layer), int(r.head)) for r in f.itertuples()
         }
     hits = truth & predicted
-    att = cue_attention(lm, cfg)
+    att = cue_attention(lm, cfg, planted_world)
 
     def show(key: tuple[int, int, int, int]) -> str:
         layer, neuron, hl, h = key
         return f"{name_of.get((layer, neuron), '?')!r} L{layer}N{neuron} <- L{hl}H{h}"
 
     return {
+        "world": world,
         "precision": len(hits) / len(predicted) if predicted else None,
         "recall": len(hits) / len(truth) if truth else None,
         "n_predicted": len(predicted),
