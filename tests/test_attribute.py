@@ -264,3 +264,32 @@ def test_ablation_typical_rule_against_the_top_prompts_median(tiny_dirs: dict[st
         effect = float(z[(r.example_id, r.head_layer, r.head)])
         assert r.active == (ref > 0 and effect >= fraction * ref)
     assert labels.active.any() and not labels.active.all()
+
+
+def test_ablation_share_rule_against_the_heads_total_drive(tiny_dirs: dict[str, Path]) -> None:
+    """Active when zero-ablating the head removes at least a fraction of all heads' drive
+    on that prompt (their positive zero-ablation effects summed) and at least a floor
+    share of the neuron's median top activation: a small driver counts when the others
+    drive less."""
+    lm = load_model(tiny_dirs["gpt2"], device="cpu")
+    ex = examples(lm)
+    cfg = AttributeConfig(methods=("direct", "zero_ablation"), label_rule="ablation_share")
+    assert AttributeConfig().label_rule == "ablation_share"  # the default
+    att = attribute_examples(lm, ex, cfg)
+    z = att.to_pandas()
+    z = z[z.method == "zero_ablation"]
+    drive = z.assign(pos=z.value.clip(lower=0)).groupby("example_id").pos.sum()
+    z = z.set_index(["example_id", "head_layer", "head"]).value
+    e = ex.to_pandas().set_index("example_id")
+    mixed = []
+    for frac, floor in ((0.1, 0.0), (0.4, 0.0), (0.1, 0.05)):
+        cfg = dataclasses.replace(cfg, label_fraction=frac, label_floor=floor)
+        labels = label_examples(att, ex, cfg).to_pandas()
+        for r in labels.itertuples():
+            mine = e[(e.layer == r.layer) & (e.neuron == r.neuron)]
+            ref = max(float(mine.trimmed_activation.median()), 0.0)
+            effect = float(z[(r.example_id, r.head_layer, r.head)])
+            want = ref > 0 and effect >= floor * ref and effect >= frac * drive[r.example_id]
+            assert r.active == want
+        mixed.append((int(labels.active.sum()), len(labels)))
+    assert all(0 < n < total for n, total in mixed[:2]), mixed

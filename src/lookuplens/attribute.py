@@ -83,12 +83,17 @@ class AttributeConfig:
     """Count the heads of the neuron's own layer as upstream (the paper's code did not)."""
     label_method: str = "direct"
     """The method whose values decide whether a head is active on an example."""
-    label_rule: Literal["mean_std", "top_k", "ablation_fraction", "ablation_typical"] = (
-        "ablation_typical"
-    )
-    """``ablation_typical`` (the default): zero-ablating the head lowers the activation by
-    at least `label_fraction` of the neuron's median activation over its top prompts, a
-    causal test with one yardstick for a neuron's top and contrast prompts;
+    label_rule: Literal[
+        "mean_std", "top_k", "ablation_fraction", "ablation_typical", "ablation_share"
+    ] = "ablation_share"
+    """``ablation_share`` (the default): zero-ablating the head removes at least
+    `label_fraction` of the drive of all heads on that prompt (the sum of their positive
+    zero-ablation effects) and at least `label_floor` of the neuron's median activation
+    over its top prompts, so a head that drives a neuron by 8% is a driver when the other
+    heads drive it less (effects are spread over many heads on real text), while a silent
+    prompt's small effects are not; ``ablation_typical``: zero-ablating the head lowers
+    the activation by at least `label_fraction` of the neuron's median activation over its
+    top prompts, a causal test with one yardstick for a neuron's top and contrast prompts;
     ``mean_std``: value above mean + `label_std` standard deviations over the candidate
     heads (the paper's, relative to the other heads, so a head that drives the neuron
     alongside another may count as inactive); ``top_k``: among the `label_top_k` largest
@@ -99,7 +104,11 @@ class AttributeConfig:
     label_top_k: int = 3
     """Heads per example for ``top_k`` (the paper's October version: 3)."""
     label_fraction: float = 0.2
-    """Share of the activation for ``ablation_fraction``."""
+    """Share of the activation for ``ablation_fraction``, of the median top activation for
+    ``ablation_typical``, of the heads' total drive for ``ablation_share``."""
+    label_floor: float = 0.05
+    """For ``ablation_share``: the least effect counted, as a share of the neuron's median
+    top activation."""
     min_active_rate: float = 0.25
     """A pair is kept when its head is active on at least this share of training examples."""
     max_active_rate: float = 0.75
@@ -611,12 +620,25 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
         eff = _zero_ablation_effects(df, val)
         act = ex.loc[val.example_id, "trimmed_activation"].to_numpy()
         active = (act > 0) & (eff >= cfg.label_fraction * act)
-    else:  # ablation_typical
+    else:  # ablation_typical, ablation_share
         eff = _zero_ablation_effects(df, val)
         top = ex if "kind" not in ex.columns else ex[ex.kind == "top"]
         typical = top.groupby(["layer", "neuron"]).trimmed_activation.median().clip(lower=0)
         ref = typical.reindex(pd_index_cols(val, ["layer", "neuron"])).to_numpy()
-        active = (ref > 0) & (eff >= cfg.label_fraction * ref)
+        if cfg.label_rule == "ablation_typical":
+            active = (ref > 0) & (eff >= cfg.label_fraction * ref)
+        else:
+            import pandas as pd
+
+            drive = (
+                pd.Series(np.clip(eff, 0, None), index=val.index)
+                .groupby(val.example_id.to_numpy())
+                .transform("sum")
+                .to_numpy()
+            )
+            active = (
+                (ref > 0) & (eff >= cfg.label_floor * ref) & (eff >= cfg.label_fraction * drive)
+            )
     val["active"] = np.asarray(active, dtype=bool)
     val["split"] = ex.loc[val.example_id, "split"].to_numpy()
     val = val.sort_values(["example_id", "head_layer", "head"], kind="stable")

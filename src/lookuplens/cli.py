@@ -486,9 +486,10 @@ MethodsOpt = Annotated[
 LabelRuleOpt = Annotated[
     str,
     typer.Option(
-        help="When a head counts as active: ablation_typical (zeroing it lowers the neuron "
-        "by 20% of its median top activation), mean_std (above mean + 2 sd over the "
-        "candidate heads, the paper's), top_k or ablation_fraction."
+        help="When a head counts as active: ablation_share (zeroing it removes 20% of all "
+        "heads' drive on the prompt and 5% of the neuron's median top activation), "
+        "ablation_typical (20% of the median top activation), mean_std (above mean + 2 sd "
+        "over the candidate heads, the paper's), top_k or ablation_fraction."
     ),
 ]
 BackendOpt = Annotated[
@@ -550,7 +551,7 @@ def _stage_command(until: str | None, help_text: str):  # type: ignore[no-untype
         config: ConfigOpt = "",
         preset: PresetOpt = "",
         methods: MethodsOpt = "direct,raw,zero_ablation,attribution_patching,path_patching",
-        label_rule: LabelRuleOpt = "ablation_typical",
+        label_rule: LabelRuleOpt = "ablation_share",
         backend: BackendOpt = "local",
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,

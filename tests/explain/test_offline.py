@@ -217,3 +217,43 @@ def test_mismatched_control_scores_each_pair_with_another_neurons_explanation(
     )
     assert "mismatched" not in score_run(tiny_lm, run_dir, ScoreConfig(mismatched_control=False))[1]
     assert not ScoreConfig(explainer="llm").control_on  # it would double the LLM requests
+
+
+def test_neuron_explanation_names_the_words_that_raise_the_activation(tiny_lm, run_dir):
+    """Firing prompts share a trigger (their last token); those where an earlier word came
+    fire more: the explanation names that word as what modulates the neuron."""
+    from lookuplens.explain.base import Item, Task
+    from lookuplens.explain.offline import OfflineExplainer
+
+    rng = __import__("numpy").random.default_rng(0)
+    enc = tiny_lm.tokenizer
+    bos = tiny_lm.bos_token_id
+
+    def prompt(text: str) -> tuple[int, ...]:
+        return (bos, *enc(text, add_special_tokens=False)["input_ids"])
+
+    items = []
+    for i in range(60):
+        owl = i % 2 == 0
+        filler = " ".join(rng.choice(["the", "river", "was", "cold", "tree"], 5))
+        text = f" {filler}{' owl' if owl else ' apple'} {filler} then"
+        act = 2.0 + (1.0 if owl else 0.0) + float(rng.normal(0, 0.1))
+        items.append(Item(i, prompt(text), text, True, act))
+    for i in range(60, 100):
+        text = " ".join(rng.choice(["the", "river", "was", "cold", "tree"], 8))
+        items.append(Item(i, prompt(text), text, False, None))
+    task = Task(1, 3, None, None, 0, " x", False, tuple(items), ())
+    env = Env(tiny_lm, run_dir, TaskConfig(), OfflineConfig(), LLMConfig())
+    out = OfflineExplainer(env).explain(task)
+    assert out.status == "ok"
+    mod = json.loads(out.features)["modulators"]
+    assert [w.strip() for w in mod["words"]] == ["owl"]
+    assert mod["mean_with"] > mod["mean_without"] + 0.8
+    assert 'fires more when "owl" came earlier' in out.text
+    # without the rise there is nothing to name
+    flat = tuple(
+        Item(it.example_id, it.tokens, it.text, it.active, 2.0 if it.active else None)
+        for it in items
+    )
+    out = OfflineExplainer(env).explain(Task(1, 3, None, None, 0, " x", False, flat, ()))
+    assert json.loads(out.features)["modulators"] == {} and "fires more" not in out.text

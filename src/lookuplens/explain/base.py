@@ -36,6 +36,8 @@ class Item:
     """The prompt as text (without BOS)."""
     active: bool
     """Pair task: the head drives the neuron; neuron task: the neuron fires."""
+    activation: float | None = None
+    """The neuron's activation at the prompt's last token (None where not measured)."""
 
 
 @dataclass(frozen=True)

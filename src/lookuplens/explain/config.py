@@ -67,6 +67,12 @@ class OfflineConfig:
     training prompts, ranked by smoothed log-odds, chosen greedily, and what the head
     attends to from the last token."""
 
+    modulation_min_group: int = 8
+    """Least firing prompts sharing a trigger (last token) for the modulation analysis."""
+    modulation_min_z: float = 2.0
+    """z-score a word needs to be named as raising the activation after a trigger."""
+    modulation_max_words: int = 3
+    """Words named as raising the activation (0: no modulation sentence)."""
     max_ngram: int = 3
     """Longest token n-gram considered as a cue."""
     min_count: int = 2

@@ -196,6 +196,7 @@ class OfflineExplainer:
             _Chosen(keys[j], float(delta[j]), float(z[j]), ya[j] / n_a, yi[j] / n_i) for j in chosen
         ]
         feats = [self._feature(c, bodies, attn, y) for c in picks]
+        modulators = self._modulators(task, bodies) if task.kind == "neuron" else {}
         texts_active = [it.text for it in task.train if it.active]
         spec = {
             "schema": FEATURES_SCHEMA,
@@ -207,8 +208,9 @@ class OfflineExplainer:
             "n_train_inactive": n_i,
             "features": feats,
             "attended_tokens": attended_tokens,
+            "modulators": modulators,
         }
-        text = self._render(task, feats, attended_tokens, texts_active, train_ba)
+        text = self._render(task, feats, attended_tokens, texts_active, train_ba, modulators)
         return ExplanationResult(
             text,
             "ok",
@@ -217,6 +219,82 @@ class OfflineExplainer:
         )
 
     # ------------------------------------------------------------------ pieces
+    def _modulators(self, task: Task, bodies: Sequence[tuple[int, ...]]) -> dict[str, object]:
+        """Words that raise the activation among firing prompts that share their trigger.
+
+        Firing training prompts are grouped by their last token (the trigger); in each
+        group of at least `modulation_min_group` the prompts above the group's median
+        activation are contrasted with the rest by the same smoothed log-odds as the cues,
+        the counts pooled over the groups. Words (not the trigger itself) with a z-score of
+        at least `modulation_min_z`, held by at least a quarter of the higher prompts, are
+        the modulators, strongest first (at most `modulation_max_words`).
+        """
+        cfg = self.cfg
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (it, b) in enumerate(zip(task.train, bodies, strict=True)):
+            if it.active and it.activation is not None and len(b) > 1:
+                groups[b[-1]].append(i)
+        used = {t: ix for t, ix in groups.items() if len(ix) >= cfg.modulation_min_group}
+        if not used:
+            return {}
+        hi: Counter[int] = Counter()
+        lo: Counter[int] = Counter()
+        n_hi = n_lo = 0
+        act_with: dict[int, list[float]] = defaultdict(list)
+        act_all: list[float] = []
+        for trigger, ix in used.items():
+            acts = np.array([float(task.train[i].activation or 0.0) for i in ix])
+            median = float(np.median(acts))
+            for i, a in zip(ix, acts, strict=True):
+                words = set(bodies[i][:-1]) - {trigger}
+                if a > median:
+                    hi.update(words)
+                    n_hi += 1
+                else:
+                    lo.update(words)
+                    n_lo += 1
+                act_all.append(float(a))
+                for w in words:
+                    act_with[w].append(float(a))
+        if not n_hi or not n_lo:
+            return {}
+        keys = sorted(k for k in hi if hi[k] >= max(2, 0.25 * n_hi))
+        if not keys:
+            return {}
+        bg = self.background()
+        prior = np.array([bg.rate(("contains", (k,))) for k in keys])
+        ya = np.array([hi[k] for k in keys], dtype=np.float64)
+        yi = np.array([lo[k] for k in keys], dtype=np.float64)
+        delta, z = log_odds(ya, n_hi, yi, n_lo, prior, cfg.prior_strength)
+        order = sorted(
+            (j for j in range(len(keys)) if z[j] >= cfg.modulation_min_z and delta[j] > 0),
+            key=lambda j: (-z[j], keys[j]),
+        )[: cfg.modulation_max_words]
+        if not order:
+            return {}
+        chosen = [keys[j] for j in order]
+        with_any = [
+            float(task.train[i].activation or 0.0)
+            for ix in used.values()
+            for i in ix
+            if not set(chosen).isdisjoint(bodies[i][:-1])
+        ]
+        without = [
+            float(task.train[i].activation or 0.0)
+            for ix in used.values()
+            for i in ix
+            if set(chosen).isdisjoint(bodies[i][:-1])
+        ]
+        return {
+            "triggers": [self.lm.token_str(t) for t in sorted(used, key=lambda t: -len(used[t]))],
+            "ids": chosen,
+            "words": [self.lm.token_str(w) for w in chosen],
+            "z": [float(z[j]) for j in order],
+            "mean_with": float(np.mean(with_any)) if with_any else None,
+            "mean_without": float(np.mean(without)) if without else None,
+            "n_prompts": len(act_all),
+        }
+
     def _prune_unattended(
         self, group: Cue, bodies: Sequence[tuple[int, ...]], attn: Sequence[np.ndarray]
     ) -> Cue | None:
@@ -418,6 +496,7 @@ class OfflineExplainer:
         attended_tokens: Sequence[dict[str, object]],
         texts: Sequence[str],
         train_ba: float,
+        modulators: dict[str, object] | None = None,
     ) -> str:
         pair = task.kind == "pair"
         subject = "The head is active" if pair else "The neuron fires"
@@ -452,6 +531,8 @@ class OfflineExplainer:
                 sentences.append(
                     f"From the last token the head attends more to {names} on active prompts."
                 )
+        if modulators:
+            sentences.insert(1, self._modulation_sentence(modulators))
         if pos and neg:
             off = "inactive" if pair else "silent"
             cond = self._conditions(neg, texts, task.token)
@@ -461,6 +542,15 @@ class OfflineExplainer:
             if sum(s.count('"') for s in [*kept, extra]) // 2 <= MAX_QUOTED_TOTAL:
                 kept.append(extra)
         return " ".join(kept)
+
+    def _modulation_sentence(self, m: dict[str, object]) -> str:
+        triggers = [f'"{str(t).strip()}"' for t in m["triggers"]][:2]  # type: ignore[attr-defined]
+        words = [str(w).strip() for w in m["words"]]  # type: ignore[attr-defined]
+        names = name_list([f'"{w}"' for w in words], words)
+        rise = ""
+        if m.get("mean_with") is not None and m.get("mean_without") is not None:
+            rise = f" ({float(m['mean_with']):.2f} against {float(m['mean_without']):.2f})"  # type: ignore[arg-type]
+        return f"After {' or '.join(triggers)} it fires more when {names} came earlier{rise}."
 
 
 MAX_QUOTED = 5

@@ -150,7 +150,7 @@ def pair_tasks(
             if ex is None or ex.key != nk:
                 missing += 1
                 continue
-            item = Item(eid, ex.tokens, ex.text, active)
+            item = Item(eid, ex.tokens, ex.text, active, ex.activation)
             (train if split == "train" else test).append(item)
         if missing:
             log.warning(
@@ -240,10 +240,14 @@ def neuron_tasks(
         items = [(e, True) for e in pos] + [(e, False) for e in neg]
         items.sort(key=lambda p: p[0].example_id)
         train = tuple(
-            Item(e.example_id, e.tokens, e.text, a) for e, a in items if e.split == "train"
+            Item(e.example_id, e.tokens, e.text, a, e.activation if a else None)
+            for e, a in items
+            if e.split == "train"
         )
         test = tuple(
-            Item(e.example_id, e.tokens, e.text, a) for e, a in items if e.split != "train"
+            Item(e.example_id, e.tokens, e.text, a, e.activation if a else None)
+            for e, a in items
+            if e.split != "train"
         )
         ni = info[key]
         tasks.append(
