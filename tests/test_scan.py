@@ -92,7 +92,9 @@ def test_trimmed_examples_end_at_the_firing_token_and_keep_activation(
     lm: LoadedModel, corpus: CorpusSpec
 ) -> None:
     res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
-    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False)
+    cfg = ExamplesConfig(
+        window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False, keep_heads=0
+    )
     ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
     assert len(ex) > 0 and set(ex.kind) == {"top"} and set(ex.read_position) == {-1}
     docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
@@ -132,7 +134,7 @@ def test_trimming_keeps_the_word_the_top_head_reads(lm: LoadedModel, corpus: Cor
 
     res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
     plain_cfg = ExamplesConfig(
-        window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False
+        window=3, max_prompt_tokens=30, seed=1, contrast=0, keep_read_word=False, keep_heads=0
     )
     plain = build_examples(lm, res.topk, corpus, plain_cfg).to_pandas()
     kept = build_examples(
@@ -164,6 +166,50 @@ def test_trimming_keeps_the_word_the_top_head_reads(lm: LoadedModel, corpus: Cor
         att = last_token_attention(lm, [prompt], hl, h)[0]
         att[0] = att[-1] = 0.0
         assert first + int(np.argmax(att)) - 1 == row.read_position_kept
+
+
+def test_trimming_keeps_the_driving_heads_direct_attribution(
+    lm: LoadedModel, corpus: CorpusSpec
+) -> None:
+    """With `keep_heads` a trimmed prompt keeps 0.8x of the activation and of each driving
+    head's direct attribution (top heads on the untrimmed prompt), and trimming one more
+    token breaks one of them; the head values are the exact direct decomposition's."""
+    from lookuplens.attribute import decompose_neuron_input
+    from lookuplens.examples import _driving_heads, activation_and_heads_at
+
+    res = scan_corpus(lm, NEURONS, corpus, ScanConfig(k=6))
+    cfg = ExamplesConfig(window=3, max_prompt_tokens=30, seed=1, contrast=0,
+                         keep_read_word=False, keep_heads=2, keep_head_min=0.0)  # fmt: skip
+    ex = build_examples(lm, res.topk, corpus, cfg).to_pandas()
+    plain = build_examples(lm, res.topk, corpus, dataclasses.replace(cfg, keep_heads=0))
+    plain_df = plain.to_pandas()
+    key = ["layer", "neuron", "rank", "doc_id", "position"]
+    both = plain_df.merge(ex, on=key, suffixes=("_plain", "_heads"))
+    assert (both.start_heads <= both.start_plain).all()  # never trimmed further
+    docs = {d.doc_id: d.tokens for d in iter_tokenized(corpus, lm.tokenizer, lm.max_context)}
+    rows = ex.to_dict("records")
+    refs = _driving_heads(lm, rows, docs, cfg)
+    bos = lm.bos_token_id
+    neurons = [(int(r["layer"]), int(r["neuron"])) for r in rows]
+    heads = [[h[:2] for h in ref] for ref in refs]
+    acts, vals = activation_and_heads_at(lm, [list(t) for t in ex.tokens], neurons, heads)
+    cut = [[bos, *list(t[2:])] for t in ex.tokens]
+    acts2, vals2 = activation_and_heads_at(lm, cut, neurons, heads)
+    checked = 0
+    for i, r in enumerate(rows):
+        ref = np.array([h[2] for h in refs[i]])
+        if r["activation"] <= 0 or not len(ref):
+            continue
+        checked += 1
+        assert acts[i] >= 0.8 * r["activation"] - 1e-6 and np.all(vals[i] >= 0.8 * ref - 1e-6)
+        if r["start"] < r["position"]:
+            assert acts2[i] < 0.8 * r["activation"] + 1e-6 or np.any(vals2[i] < 0.8 * ref + 1e-6)
+    assert checked >= 5
+    r = rows[0]
+    dec = decompose_neuron_input(lm, torch.tensor(list(r["tokens"])), r["layer"], r["neuron"],
+                                 len(r["tokens"]) - 1)  # fmt: skip
+    for (hl, h), v in zip(heads[0], vals[0], strict=True):
+        assert v == pytest.approx(dec.terms[f"L{hl}H{h}"], abs=1e-5)
 
 
 def test_contrast_prompts_mirror_top_prompts_where_the_neuron_is_silent(

@@ -30,10 +30,10 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from lookuplens.attribute import mlp_stream_point, neuron_act
+from lookuplens.attribute import frozen_norm_direction, mlp_stream_point, neuron_act
 from lookuplens.choices import check_choices
 from lookuplens.corpus import CorpusSpec, iter_tokenized
-from lookuplens.model import LoadedModel
+from lookuplens.model import LoadedModel, hook_name
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,14 @@ class ExamplesConfig:
     """A contrast's activation is at most this fraction of the neuron's median top one."""
     contrast_search_docs: int = 5000
     """Documents read, at most, to find the contrasts."""
+    keep_heads: int = 3
+    """Trimming also keeps at least `keep_fraction` of the direct attribution of the
+    neuron's driving heads: the (up to) this many upstream heads with the largest direct
+    attribution on the untrimmed prompt that carry at least `keep_head_min` of the
+    activation. A look-up that adds a modest share of the activation then keeps the word
+    it reads. 0: the activation alone (the paper's rule)."""
+    keep_head_min: float = 0.1
+    """Least share of the activation a head's direct attribution needs to be kept."""
     keep_read_word: bool = True
     """Never trim past the word the neuron's top head reads: on the untrimmed prompt (as
     long as `max_prompt_tokens` allows), the upstream head with the largest direct
@@ -87,6 +95,8 @@ class ExamplesConfig:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.contrast < 0 or self.contrast_search_docs < 0:
             raise ValueError("contrast and contrast_search_docs must be 0 or more")
+        if self.keep_heads < 0 or not 0 <= self.keep_head_min <= 1:
+            raise ValueError("keep_heads must be 0 or more and keep_head_min in [0, 1]")
         if not 0 <= self.contrast_fraction < 1:
             raise ValueError(f"contrast_fraction must be in [0, 1), got {self.contrast_fraction}")
 
@@ -103,7 +113,21 @@ def neuron_activation_at(
     stops where that layer's MLP reads the residual stream, and only the wanted neurons
     are computed there, at the last positions (the layer's own MLP is never run).
     """
+    return activation_and_heads_at(lm, prompts, neurons, None, batch_tokens)[0]
+
+
+def activation_and_heads_at(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    neurons: Sequence[tuple[int, int]],
+    heads: Sequence[Sequence[tuple[int, int]]] | None,
+    batch_tokens: int = 8192,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`neuron_activation_at`, and with `heads` also the exact direct attribution of each
+    head ``heads[i][j]`` (layer, head) to ``neurons[i]`` at the last token (the norm-aware
+    `direct` method of `lookuplens.attribute`), from the same forward passes."""
     out = np.empty(len(prompts), dtype=np.float64)
+    head_out: list[np.ndarray] = [np.empty(0)] * len(prompts)
     layer_of = [int(n[0]) for n in neurons]
     order: np.ndarray | list[int] = (
         np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
@@ -135,12 +159,26 @@ def neuron_activation_at(
         def grab(x: Tensor, _n: str, got: dict[str, Tensor] = got, last: Tensor = last) -> None:
             got["x"] = x[torch.arange(len(last)), last]
 
-        lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=[(point, grab)], stop_at=point)
+        z_layers = sorted({hl for r in rows for hl, _ in heads[r]}) if heads else []
+        z_names = [hook_name(hl, "attn.hook_z") for hl in z_layers]
+        _, cache = lm.run_with_cache(
+            ids, z_names, attention_mask=mask, extra_hooks=[(point, grab)], stop_at=point
+        )
         with torch.no_grad():
             x = lm.mlp_norm(layer)(got["x"])
             out[rows] = neuron_act(lm, layer, x, cols.to(x.device)).double().cpu().numpy()
+            if z_layers and heads is not None:
+                w_in = lm.W_in(layer)[cols.to(x.device)].detach()
+                w_eff, _ = frozen_norm_direction(lm, layer, got["x"], w_in)  # [B, d]
+                at = torch.arange(len(rows))
+                for i, r in enumerate(rows):
+                    vals = []
+                    for hl, h in heads[r]:
+                        z = cache[hook_name(hl, "attn.hook_z")][at[i], last[i], h].double()
+                        vals.append(float(z @ lm.W_O(hl)[h].double() @ w_eff[i].double()))
+                    head_out[r] = np.array(vals, dtype=np.float64)
         start = stop
-    return out
+    return out, head_out
 
 
 @dataclass(frozen=True)
@@ -156,8 +194,14 @@ def trim_prompts(
     neurons: Sequence[tuple[int, int]],
     activations: Sequence[float],
     cfg: ExamplesConfig,
+    head_refs: Sequence[Sequence[tuple[int, int, float]]] | None = None,
 ) -> list[Trimmed | None]:
     """The trimmed start of each firing; None when no start within the cap keeps it.
+
+    With `head_refs` (per firing: the driving heads as (layer, head, direct attribution on
+    the untrimmed prompt)), a start passes only when each of those heads also keeps at
+    least `keep_fraction` of its direct attribution, so the context a driving head reads
+    is kept even where it adds only a small share of the activation.
 
     ``contexts[i]`` is the BOS-prefixed document, ``positions[i]`` the firing position in
     it, ``activations[i]`` the activation there. The search is the paper's binary search
@@ -178,17 +222,32 @@ def trim_prompts(
     hi = [int(positions[i]) + 1 for i in range(n)]
     lo_val: list[float | None] = [None] * n
 
-    def passes(i: int, v: float) -> bool:
+    head_vals: dict[tuple[int, int], np.ndarray] = {}
+
+    def passes(i: int, v: float, start: int | None = None) -> bool:
         a = activations[i]
         # the rule needs a positive activation; a non-positive one must not drop further
-        return v >= (cfg.keep_fraction * a if a > 0 else a)
+        if v < (cfg.keep_fraction * a if a > 0 else a):
+            return False
+        if head_refs is None or start is None or not head_refs[i]:
+            return True
+        got = head_vals[(i, start)]
+        refs = np.array([r[2] for r in head_refs[i]])
+        return bool(np.all(got >= cfg.keep_fraction * refs))
 
     def evaluate(jobs: list[tuple[int, int]]) -> np.ndarray:
         prompts = [
             ([bos] if bos is not None else []) + contexts[i][s : positions[i] + 1].tolist()
             for i, s in jobs
         ]
-        return neuron_activation_at(lm, prompts, [neurons[i] for i, _ in jobs], cfg.batch_tokens)
+        wanted = None if head_refs is None else [[r[:2] for r in head_refs[i]] for i, _ in jobs]
+        acts, heads = activation_and_heads_at(
+            lm, prompts, [neurons[i] for i, _ in jobs], wanted, cfg.batch_tokens
+        )
+        if head_refs is not None:
+            for job, hv in zip(jobs, heads, strict=True):
+                head_vals[job] = hv
+        return acts
 
     # round 0, galloping from the right: starts 1, 2, 4, 8, ... tokens before the end and
     # the furthest start the cap allows; the latest passing one becomes lo, the next
@@ -213,7 +272,14 @@ def trim_prompts(
     for i, a in full.items():
         by_ex0[i] = [(first_start, a), *by_ex0.get(i, [])]
     for i, pts in sorted(by_ex0.items()):
-        best = max((j for j, (_st, v) in enumerate(pts) if passes(i, v)), default=None)
+        best = max(
+            (
+                j
+                for j, (st, v) in enumerate(pts)
+                if st == first_start and i in full or passes(i, v, st)
+            ),
+            default=None,
+        )
         if best is None:
             continue
         lo[i], lo_val[i] = pts[best]
@@ -234,8 +300,8 @@ def trim_prompts(
             by_example.setdefault(i, []).append((s, float(v)))
         for i, pts in by_example.items():
             last_pass = None
-            for j, (_s, v) in enumerate(pts):
-                if passes(i, v):
+            for j, (st, v) in enumerate(pts):
+                if passes(i, v, st):
                     last_pass = j
             if last_pass is not None:
                 lo[i], lo_val[i] = pts[last_pass]
@@ -280,6 +346,7 @@ def build_examples(
     step = 256
     for j in range(0, len(rows), step):
         part = rows[j : j + step]
+        refs = _driving_heads(lm, part, docs, cfg) if cfg.keep_heads else None
         trimmed += trim_prompts(
             lm,
             [docs[r["doc_id"]] for r in part],
@@ -287,6 +354,7 @@ def build_examples(
             [(int(r["layer"]), int(r["neuron"])) for r in part],
             [float(r["activation"]) for r in part],
             cfg,
+            refs,
         )
         if on_progress is not None:
             on_progress(min(j + step, len(rows)), len(rows))
@@ -359,6 +427,33 @@ def build_examples(
             "read_position": pa.array(out["read_position"], pa.int64()),
         }
     )
+
+
+def _driving_heads(
+    lm: LoadedModel, rows: list[dict], docs: dict[int, np.ndarray], cfg: ExamplesConfig
+) -> list[list[tuple[int, int, float]]]:
+    """Per firing, its driving heads as (layer, head, direct attribution) on the untrimmed
+    prompt (as long as `max_prompt_tokens` allows): see `ExamplesConfig.keep_heads`."""
+    bos_first = lm.bos_token_id is not None
+    body_cap = cfg.max_prompt_tokens - 1 - bos_first
+    prompts, neurons, heads = [], [], []
+    for r in rows:
+        pos = int(r["position"])
+        first = max(1 if bos_first else 0, pos + 1 - body_cap)
+        prompts.append(
+            ([lm.bos_token_id] if bos_first else []) + docs[r["doc_id"]][first : pos + 1].tolist()
+        )
+        layer = int(r["layer"])
+        neurons.append((layer, int(r["neuron"])))
+        top_layer = layer + (0 if lm.parallel_residual else 1)
+        heads.append([(hl, h) for hl in range(top_layer) for h in range(lm.n_heads)])
+    acts, vals = activation_and_heads_at(lm, prompts, neurons, heads, cfg.batch_tokens)
+    out = []
+    for a, v, hs in zip(acts, vals, heads, strict=True):
+        order = np.argsort(-v, kind="stable")[: cfg.keep_heads]
+        floor = cfg.keep_head_min * a if a > 0 else np.inf
+        out.append([(*hs[j], float(v[j])) for j in order if v[j] > 0 and v[j] >= floor])
+    return out
 
 
 def top_head_reads(

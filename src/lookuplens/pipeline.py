@@ -173,6 +173,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "n_train": 20,
             "contrast": 0,  # top prompts only, no contrast prompts
             "keep_read_word": False,  # the 0.8x rule alone
+            "keep_heads": 0,
         },
         "attribute": {
             "label_method": "raw",  # head result . W_in, no norm

@@ -71,6 +71,9 @@ class OfflineConfig:
     """Least firing prompts sharing a trigger (last token) for the modulation analysis."""
     modulation_min_z: float = 2.0
     """z-score a word needs to be named as raising the activation after a trigger."""
+    modulation_skip_last: int = 3
+    """Tokens at the end of a prompt that the modulation analysis leaves out (the trigger
+    phrase, "she packed her"); words the explanation already names are left out too."""
     modulation_max_words: int = 3
     """Words named as raising the activation (0: no modulation sentence)."""
     max_ngram: int = 3
@@ -109,6 +112,10 @@ class OfflineConfig:
     def __post_init__(self) -> None:
         if self.max_ngram < 1:
             raise ValueError("max_ngram must be at least 1")
+        if self.modulation_min_group < 2 or self.modulation_skip_last < 1:
+            raise ValueError("modulation_min_group must be >= 2 and modulation_skip_last >= 1")
+        if self.modulation_max_words < 0 or self.modulation_min_z < 0:
+            raise ValueError("modulation_max_words and modulation_min_z must be 0 or more")
         if self.min_count < 1:
             raise ValueError("min_count must be at least 1")
         if self.prior_strength <= 0:

@@ -196,7 +196,8 @@ class OfflineExplainer:
             _Chosen(keys[j], float(delta[j]), float(z[j]), ya[j] / n_a, yi[j] / n_i) for j in chosen
         ]
         feats = [self._feature(c, bodies, attn, y) for c in picks]
-        modulators = self._modulators(task, bodies) if task.kind == "neuron" else {}
+        named = {t for c in picks if c.weight > 0 and c.cue[0] != "any_of" for t in c.cue[1]}
+        modulators = self._modulators(task, bodies, named) if task.kind == "neuron" else {}
         texts_active = [it.text for it in task.train if it.active]
         spec = {
             "schema": FEATURES_SCHEMA,
@@ -219,20 +220,25 @@ class OfflineExplainer:
         )
 
     # ------------------------------------------------------------------ pieces
-    def _modulators(self, task: Task, bodies: Sequence[tuple[int, ...]]) -> dict[str, object]:
+    def _modulators(
+        self, task: Task, bodies: Sequence[tuple[int, ...]], named: set[int]
+    ) -> dict[str, object]:
         """Words that raise the activation among firing prompts that share their trigger.
 
-        Firing training prompts are grouped by their last token (the trigger); in each
-        group of at least `modulation_min_group` the prompts above the group's median
-        activation are contrasted with the rest by the same smoothed log-odds as the cues,
-        the counts pooled over the groups. Words (not the trigger itself) with a z-score of
-        at least `modulation_min_z`, held by at least a quarter of the higher prompts, are
-        the modulators, strongest first (at most `modulation_max_words`).
+        The neuron's own training prompts (its top prompts and its contrast prompts, which
+        end in the same token with the neuron silent) are grouped by their last token (the
+        trigger); in each group of at least `modulation_min_group` the prompts above the
+        group's median activation are contrasted with the rest by the same smoothed
+        log-odds as the cues, the counts pooled over the groups. Earlier words (not the
+        last `modulation_skip_last` tokens, the trigger phrase, nor words the explanation
+        already names) with a z-score of at least `modulation_min_z`, held by at least a
+        quarter of the higher prompts, are the modulators, strongest first (at most
+        `modulation_max_words`).
         """
         cfg = self.cfg
         groups: dict[int, list[int]] = defaultdict(list)
         for i, (it, b) in enumerate(zip(task.train, bodies, strict=True)):
-            if it.active and it.activation is not None and len(b) > 1:
+            if it.activation is not None and len(b) > 1:
                 groups[b[-1]].append(i)
         used = {t: ix for t, ix in groups.items() if len(ix) >= cfg.modulation_min_group}
         if not used:
@@ -246,7 +252,8 @@ class OfflineExplainer:
             acts = np.array([float(task.train[i].activation or 0.0) for i in ix])
             median = float(np.median(acts))
             for i, a in zip(ix, acts, strict=True):
-                words = set(bodies[i][:-1]) - {trigger}
+                earlier = bodies[i][: -cfg.modulation_skip_last]
+                words = set(earlier) - {trigger} - named
                 if a > median:
                     hi.update(words)
                     n_hi += 1
@@ -277,13 +284,13 @@ class OfflineExplainer:
             float(task.train[i].activation or 0.0)
             for ix in used.values()
             for i in ix
-            if not set(chosen).isdisjoint(bodies[i][:-1])
+            if not set(chosen).isdisjoint(bodies[i][: -cfg.modulation_skip_last])
         ]
         without = [
             float(task.train[i].activation or 0.0)
             for ix in used.values()
             for i in ix
-            if set(chosen).isdisjoint(bodies[i][:-1])
+            if set(chosen).isdisjoint(bodies[i][: -cfg.modulation_skip_last])
         ]
         return {
             "triggers": [self.lm.token_str(t) for t in sorted(used, key=lambda t: -len(used[t]))],

@@ -239,13 +239,14 @@ def neuron_tasks(
             )
         items = [(e, True) for e in pos] + [(e, False) for e in neg]
         items.sort(key=lambda p: p[0].example_id)
+        # the neuron's activation is known on its own prompts (top and contrast)
         train = tuple(
-            Item(e.example_id, e.tokens, e.text, a, e.activation if a else None)
+            Item(e.example_id, e.tokens, e.text, a, e.activation if e.key == key else None)
             for e, a in items
             if e.split == "train"
         )
         test = tuple(
-            Item(e.example_id, e.tokens, e.text, a, e.activation if a else None)
+            Item(e.example_id, e.tokens, e.text, a, e.activation if e.key == key else None)
             for e, a in items
             if e.split != "train"
         )
