@@ -86,12 +86,13 @@ class AttributeConfig:
     label_rule: Literal[
         "mean_std", "top_k", "ablation_fraction", "ablation_typical", "ablation_share"
     ] = "ablation_share"
-    """``ablation_share`` (the default): zero-ablating the head removes at least
-    `label_fraction` of the drive of all heads on that prompt (the sum of their positive
-    zero-ablation effects) and at least `label_floor` of the neuron's median activation
-    over its top prompts, so a head that drives a neuron by 8% is a driver when the other
-    heads drive it less (effects are spread over many heads on real text), while a silent
-    prompt's small effects are not; ``ablation_typical``: zero-ablating the head lowers
+    """``ablation_share`` (the default): ``ablation_typical``'s test, or zero-ablating the
+    head removes at least `label_fraction` of the drive of all heads on that prompt (the
+    sum of their positive zero-ablation effects) and at least `label_floor` of the
+    neuron's median activation over its top prompts, so a head that drives a neuron by 8%
+    is a driver when the other heads drive it less (effects are spread over many heads on
+    real text), while a silent prompt's small effects are not; ``ablation_typical``:
+    zero-ablating the head lowers
     the activation by at least `label_fraction` of the neuron's median activation over its
     top prompts, a causal test with one yardstick for a neuron's top and contrast prompts;
     ``mean_std``: value above mean + `label_std` standard deviations over the candidate
@@ -636,9 +637,9 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
                 .transform("sum")
                 .to_numpy()
             )
-            active = (
-                (ref > 0) & (eff >= cfg.label_floor * ref) & (eff >= cfg.label_fraction * drive)
-            )
+            typical_rule = eff >= cfg.label_fraction * ref
+            share_rule = (eff >= cfg.label_floor * ref) & (eff >= cfg.label_fraction * drive)
+            active = (ref > 0) & (typical_rule | share_rule)
     val["active"] = np.asarray(active, dtype=bool)
     val["split"] = ex.loc[val.example_id, "split"].to_numpy()
     val = val.sort_values(["example_id", "head_layer", "head"], kind="stable")

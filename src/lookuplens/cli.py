@@ -486,8 +486,9 @@ MethodsOpt = Annotated[
 LabelRuleOpt = Annotated[
     str,
     typer.Option(
-        help="When a head counts as active: ablation_share (zeroing it removes 20% of all "
-        "heads' drive on the prompt and 5% of the neuron's median top activation), "
+        help="When a head counts as active: ablation_share (ablation_typical's test, or "
+        "zeroing it removes 20% of all heads' drive on the prompt and 5% of the neuron's "
+        "median top activation), "
         "ablation_typical (20% of the median top activation), mean_std (above mean + 2 sd "
         "over the candidate heads, the paper's), top_k or ablation_fraction."
     ),

@@ -79,8 +79,9 @@ def test_training_resumes_to_the_same_weights(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A tiny run on a tiny corpus; interrupted after its first save, then rerun."""
-    from lookuplens.zoo import english_train
+    from lookuplens.zoo import english_train, fit
     from lookuplens.zoo.english_train import EnglishConfig, train_english
+    from lookuplens.zoo.fit import FitSettings
 
     words = "the an a apple owl of in and so then old tree river stone".split()
     docs = [
@@ -96,19 +97,19 @@ def test_training_resumes_to_the_same_weights(
     held = [json.loads(x) for x in (whole / "heldout.jsonl").read_text().splitlines()]
     assert held and all(d["source"] == "web-bible" for d in held)
 
-    real_lr = english_train._lr_at
+    real_lr = fit.lr_at
 
-    def interrupt(step: int, c: EnglishConfig) -> float:
+    def interrupt(step: int, s: FitSettings) -> float:
         if step == 3:
             raise KeyboardInterrupt
-        return real_lr(step, c)
+        return real_lr(step, s)
 
-    monkeypatch.setattr(english_train, "_lr_at", interrupt)
+    monkeypatch.setattr(fit, "lr_at", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_english(cfg, tmp_path / "again", save_every=2)
     assert not (tmp_path / "again").exists()
     assert (tmp_path / ".again.partial" / "state.pt").is_file()
-    monkeypatch.setattr(english_train, "_lr_at", real_lr)
+    monkeypatch.setattr(fit, "lr_at", real_lr)
     again = train_english(cfg, tmp_path / "again", save_every=2)
     from safetensors.torch import load_file
 
