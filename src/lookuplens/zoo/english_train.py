@@ -14,9 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,13 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from lookuplens.errors import UserError
 from lookuplens.zoo.english import SOURCES, Document, documents
 from lookuplens.zoo.evaluate import pad_batch
 from lookuplens.zoo.fit import FitSettings, fit
-from lookuplens.zoo.train import package_versions
+from lookuplens.zoo.train import (
+    gpt2_model,
+    package_versions,
+    partial_path,
+    prepare_out_dir,
+    publish_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -269,8 +271,7 @@ def train_english(
     """Read the corpus, train tokenizer and model, measure them, and write `out_dir`
     atomically; resumable from ``.NAME.partial/`` (same config) every `save_every` steps."""
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} is not empty; pass a new --out, or --overwrite")
+    prepare_out_dir(out_dir, overwrite)
     torch.set_num_threads(cfg.num_threads)
     t0 = time.perf_counter()
     docs = documents(cfg.max_words)
@@ -286,26 +287,12 @@ def train_english(
     )
     torch.manual_seed(cfg.seed)
     bos = int(tokenizer.bos_token_id)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=cfg.n_positions,
-            n_embd=cfg.d_model,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            n_inner=cfg.d_mlp,
-            activation_function="gelu_new",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=bos,
-            eos_token_id=bos,
-            pad_token_id=bos,
-            tie_word_embeddings=True,
-        )
-    )
+    model = gpt2_model(
+        len(tokenizer), bos, n_positions=cfg.n_positions, d_model=cfg.d_model,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, d_mlp=cfg.d_mlp,
+    )  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    partial = partial_path(out_dir)
     settings = FitSettings(
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
@@ -343,26 +330,14 @@ def train_english(
         "versions": package_versions(),
         "evaluation": ev.as_json(),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+
+    def write_more(tmp: Path) -> None:
         (tmp / "MODEL_CARD.md").write_text(_card(recipe, ev))
         with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as f:
             for d in held:
                 if d.source in shipped:
                     f.write(json.dumps({"text": d.text, "source": d.source}) + "\n")
-        tmp.chmod(0o755)
-        for p in tmp.iterdir():
-            p.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_folder(out_dir, partial, model, tokenizer, recipe, write_more)
     logger.info("saved %s (%.0fs training)", out_dir, seconds)
     return out_dir

@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -295,18 +295,38 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 for ``cfg`` (weights depend on the torch seed)."""
-    bos = bos_id(tokenizer)
+    return gpt2_model(
+        len(tokenizer), bos_id(tokenizer), n_positions=cfg.n_positions, d_model=cfg.d_model,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, d_mlp=cfg.d_mlp, dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
+    )  # fmt: skip
+
+
+def gpt2_model(
+    vocab_size: int,
+    bos: int,
+    *,
+    n_positions: int,
+    d_model: int,
+    n_layer: int,
+    n_head: int,
+    d_mlp: int,
+    dropout: float = 0.0,
+    attn_dropout: float = 0.0,
+) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 (GELU, tied embeddings, `bos` as BOS, EOS and padding)
+    of the bundled models' shape; its weights depend on the torch seed."""
     config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.n_positions,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=cfg.d_mlp,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=d_model,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_inner=d_mlp,
         activation_function="gelu_new",
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.attn_dropout,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=attn_dropout,
         bos_token_id=bos,
         eos_token_id=bos,
         pad_token_id=bos,
@@ -329,7 +349,8 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an `out_dir` that is a file, or a non-empty folder unless `overwrite`."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a folder; pass another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -338,8 +359,40 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _partial_path(out_dir: Path) -> Path:
+def partial_path(out_dir: Path) -> Path:
+    """Where the training state of `out_dir` is kept until the folder is written."""
     return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def publish_folder(
+    out_dir: Path,
+    partial: Path,
+    model: Any,
+    tokenizer: Any,
+    recipe: dict[str, Any],
+    write_more: Callable[[Path], object],
+) -> None:
+    """Write a trained checkpoint folder atomically: model, tokenizer, ``recipe.json`` and
+    what `write_more` adds, in a temporary sibling moved onto `out_dir` (replacing it);
+    then the training state in `partial` is removed. Nothing is left half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        write_more(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        if partial.exists():
+            shutil.rmtree(partial)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _save_state(
@@ -423,7 +476,7 @@ def train(
     discards that state. It is removed once the checkpoint is written.
     """
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
     torch.set_num_threads(cfg.num_threads)
     _seed_everything(cfg.seed)
 
@@ -469,7 +522,7 @@ def train(
     batches = _batches([len(s) for s in seqs], cfg.batch_size, np.random.default_rng(cfg.seed))
 
     probe_docs = generate_corpus(200, cfg.seed + 1, "heldout") if cfg.probe_every else []
-    partial = _partial_path(out_dir)
+    partial = partial_path(out_dir)
     first_step, seen_tokens, window, prior_seconds = 0, 0, [], 0.0
     if restart and partial.exists():
         shutil.rmtree(partial)
@@ -568,24 +621,10 @@ def train(
         },
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        write_model_card(tmp, recipe, evaluation, neurons, heads)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        if partial.exists():
-            shutil.rmtree(partial)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    publish_folder(
+        out_dir, partial, model, tokenizer, recipe,
+        lambda tmp: write_model_card(tmp, recipe, evaluation, neurons, heads),
+    )  # fmt: skip
     logger.info("saved %s (%.1fs training)", out_dir, seconds)
     return TrainResult(out_dir, seconds, final_loss, evaluation, tuple(neurons), tuple(heads))
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from lookuplens.errors import UserError
 from lookuplens.zoo.fit import FitSettings, fit
-from lookuplens.zoo.train import package_versions
+from lookuplens.zoo.train import (
+    gpt2_model,
+    package_versions,
+    partial_path,
+    prepare_out_dir,
+    publish_folder,
+)
 from lookuplens.zoo.tripworld import (
     CUE_P,
     ITEMS,
@@ -389,8 +392,7 @@ def train_tripworld(
     """Generate the trips, build the tokenizer, train, measure, and write `out_dir`
     atomically; resumable from ``.NAME.partial/`` (same config) every `save_every` steps."""
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} is not empty; pass a new --out, or --overwrite")
+    prepare_out_dir(out_dir, overwrite)
     torch.set_num_threads(cfg.num_threads)
     t0 = time.perf_counter()
     docs = generate_corpus(cfg.n_train_docs, cfg.seed, "train")
@@ -405,24 +407,10 @@ def train_tripworld(
         len(docs), n_tokens, len(tokenizer), time.perf_counter() - t0,
     )  # fmt: skip
     torch.manual_seed(cfg.seed)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=cfg.n_positions,
-            n_embd=cfg.d_model,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            n_inner=cfg.d_mlp,
-            activation_function="gelu_new",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=cfg.attn_dropout,
-            bos_token_id=bos,
-            eos_token_id=bos,
-            pad_token_id=bos,
-            tie_word_embeddings=True,
-        )
-    )
+    model = gpt2_model(
+        len(tokenizer), bos, n_positions=cfg.n_positions, d_model=cfg.d_model,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, d_mlp=cfg.d_mlp, attn_dropout=cfg.attn_dropout,
+    )  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
     settings = FitSettings(
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
@@ -430,7 +418,7 @@ def train_tripworld(
         seed=cfg.seed, log_every=cfg.log_every, planted_weight=cfg.planted_weight,
         act_l1=cfg.act_l1,
     )  # fmt: skip
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    partial = partial_path(out_dir)
     result = fit(model, seqs, bos, settings, partial, asdict(cfg), planted, save_every)
     ev = evaluate(model, tokenizer, held)
     logger.info("held-out: %s", json.dumps(ev.as_json()))
@@ -451,25 +439,13 @@ def train_tripworld(
         "versions": package_versions(),
         "evaluation": ev.as_json(),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+
+    def write_more(tmp: Path) -> None:
         (tmp / "MODEL_CARD.md").write_text(_card(recipe, ev))
         with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as f:
             for d in held:
                 f.write(json.dumps({"text": d.text, "doc_id": d.doc_id}) + "\n")
-        tmp.chmod(0o755)
-        for p in tmp.iterdir():
-            p.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_folder(out_dir, partial, model, tokenizer, recipe, write_more)
     logger.info("saved %s (%.0fs training)", out_dir, result.seconds)
     return out_dir
