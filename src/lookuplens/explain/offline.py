@@ -246,8 +246,6 @@ class OfflineExplainer:
         hi: Counter[int] = Counter()
         lo: Counter[int] = Counter()
         n_hi = n_lo = 0
-        act_with: dict[int, list[float]] = defaultdict(list)
-        act_all: list[float] = []
         for trigger, ix in used.items():
             acts = np.array([float(task.train[i].activation or 0.0) for i in ix])
             median = float(np.median(acts))
@@ -260,9 +258,6 @@ class OfflineExplainer:
                 else:
                     lo.update(words)
                     n_lo += 1
-                act_all.append(float(a))
-                for w in words:
-                    act_with[w].append(float(a))
         if not n_hi or not n_lo:
             return {}
         keys = sorted(k for k in hi if hi[k] >= max(2, 0.25 * n_hi))
@@ -280,18 +275,12 @@ class OfflineExplainer:
         if not order:
             return {}
         chosen = [keys[j] for j in order]
-        with_any = [
-            float(task.train[i].activation or 0.0)
-            for ix in used.values()
-            for i in ix
-            if not set(chosen).isdisjoint(bodies[i][: -cfg.modulation_skip_last])
-        ]
-        without = [
-            float(task.train[i].activation or 0.0)
-            for ix in used.values()
-            for i in ix
-            if set(chosen).isdisjoint(bodies[i][: -cfg.modulation_skip_last])
-        ]
+        with_any: list[float] = []
+        without: list[float] = []
+        prompts = [i for ix in used.values() for i in ix]
+        for i in prompts:
+            held = not set(chosen).isdisjoint(bodies[i][: -cfg.modulation_skip_last])
+            (with_any if held else without).append(float(task.train[i].activation or 0.0))
         return {
             "triggers": [self.lm.token_str(t) for t in sorted(used, key=lambda t: -len(used[t]))],
             "ids": chosen,
@@ -299,7 +288,7 @@ class OfflineExplainer:
             "z": [float(z[j]) for j in order],
             "mean_with": float(np.mean(with_any)) if with_any else None,
             "mean_without": float(np.mean(without)) if without else None,
-            "n_prompts": len(act_all),
+            "n_prompts": len(prompts),
         }
 
     def _prune_unattended(

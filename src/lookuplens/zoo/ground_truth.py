@@ -91,9 +91,7 @@ def _story_replacement(kind: str, cue: str, text: str, rng: np.random.Generator)
 
 
 def _trip_replacement(_kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
-    present = set(text.split())
-    options = [w for w, item in tripworld.SEASONS.items() if item != tripworld.SEASONS[cue]]
-    options = [w for w in options if w not in present]
+    options = tripworld.replacements(cue, text)
     return str(rng.choice(options)) if options else None
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lookuplens.errors import UserError
+from lookuplens.zoo.storyworld import _encode_offsets
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -262,13 +263,6 @@ def words() -> list[str]:
     return sorted({w for d in generate_corpus(3000, 0) for w in d.text.split()})
 
 
-def _offsets(
-    text: str, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return [int(i) for i in enc["input_ids"]], [(int(s), int(e)) for s, e in enc["offset_mapping"]]
-
-
 def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The BOS token prepended to every document."""
     tid = tokenizer.bos_token_id
@@ -279,7 +273,7 @@ def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def encode_document(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids of a document with BOS prepended (index 0 is BOS)."""
-    return [bos_id(tokenizer), *_offsets(doc.text, tokenizer)[0]]
+    return [bos_id(tokenizer), *_encode_offsets(doc.text, tokenizer)[0]]
 
 
 def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[TokenAnnotation]:
@@ -287,7 +281,7 @@ def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[T
     from lookuplens.model.vocab import Vocab
 
     vocab = Vocab(tokenizer)
-    ids, offsets = _offsets(doc.text, tokenizer)
+    ids, offsets = _encode_offsets(doc.text, tokenizer)
     out = []
     for ann in doc.annotations:
         first = ann.target_char + 1
@@ -313,17 +307,22 @@ def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[T
     return out
 
 
-def replacement(cue: str, text: str, rng: random.Random | None = None) -> str | None:
-    """A season that decides another item and is not already in the text."""
-    rng = rng or random.Random(0)
+def replacements(cue: str, text: str) -> list[str]:
+    """The seasons that decide another item than `cue` and are not already in the text,
+    in `SEASONS` order: what a cue swap may put in the cue's place."""
     present = set(text.split())
-    options = [s for s in SEASONS if SEASONS[s] != SEASONS[cue] and s not in present]
-    return rng.choice(options) if options else None
+    return [s for s in SEASONS if SEASONS[s] != SEASONS[cue] and s not in present]
+
+
+def replacement(cue: str, text: str, rng: random.Random | None = None) -> str | None:
+    """One of `replacements`, drawn with `rng`; None when there is none."""
+    options = replacements(cue, text)
+    return (rng or random.Random(0)).choice(options) if options else None
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise :class:`TripworldError` unless every item and season is one token."""
-    bad = [w for w in (*ITEMS, *SEASONS) if len(_offsets(w, tokenizer)[0]) != 1]
+    bad = [w for w in (*ITEMS, *SEASONS) if len(_encode_offsets(w, tokenizer)[0]) != 1]
     if bad:
         raise TripworldError(f"tripworld words that are not one token: {bad}")
 
