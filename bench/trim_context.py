@@ -22,7 +22,7 @@ import torch
 
 def main() -> None:
     from lookuplens.corpus import iter_tokenized
-    from lookuplens.examples import top_head_reads
+    from lookuplens.examples import top_head_reads, untrimmed_prompt
     from lookuplens.model import load_model
     from lookuplens.pipeline import RunConfig
     from lookuplens.store import RunDir
@@ -48,14 +48,10 @@ def main() -> None:
         if d.doc_id in need:
             docs[d.doc_id] = d.tokens
     bos = lm.bos_token_id
-    cap = cfg.examples.max_prompt_tokens - 1 - (bos is not None)
     prompts, firsts = [], []
     for r in ex.itertuples():
-        pos = int(r.position)
-        first = max(1 if bos is not None else 0, pos + 1 - cap)
-        prompts.append(
-            ([bos] if bos is not None else []) + docs[int(r.doc_id)][first : pos + 1].tolist()
-        )
+        prompt, first = untrimmed_prompt(docs[int(r.doc_id)], int(r.position), cfg.examples, bos)
+        prompts.append(prompt)
         firsts.append(first)
     neurons_of = list(zip(ex.layer.astype(int), ex.neuron.astype(int), strict=True))
     reads = top_head_reads(lm, prompts, neurons_of, cfg.examples.batch_tokens)

@@ -181,6 +181,22 @@ def activation_and_heads_at(
     return out, head_out
 
 
+def capped_start(position: int, cfg: ExamplesConfig, bos_first: bool) -> int:
+    """The earliest start of a prompt ending at `position` (an index of the BOS-prefixed
+    document) that keeps it under `max_prompt_tokens`: the untrimmed prompt."""
+    body_cap = cfg.max_prompt_tokens - 1 - bos_first
+    return max(1 if bos_first else 0, position + 1 - body_cap)
+
+
+def untrimmed_prompt(
+    doc: np.ndarray, position: int, cfg: ExamplesConfig, bos: int | None
+) -> tuple[list[int], int]:
+    """The longest prompt ending at `position` that the cap allows, BOS first when the
+    model has one, and its start (`capped_start`)."""
+    first = capped_start(position, cfg, bos is not None)
+    return ([bos] if bos is not None else []) + doc[first : position + 1].tolist(), first
+
+
 @dataclass(frozen=True)
 class Trimmed:
     start: int
@@ -217,8 +233,7 @@ def trim_prompts(
     bos = int(contexts[0][0]) if len(contexts) and lm.bos_token_id is not None else None
     n = len(contexts)
     first_start = 1 if bos is not None else 0
-    body_cap = cfg.max_prompt_tokens - 1 - (bos is not None)  # longest body under the cap
-    lo = [max(first_start, int(positions[i]) + 1 - body_cap) for i in range(n)]
+    lo = [capped_start(int(positions[i]), cfg, bos is not None) for i in range(n)]
     hi = [int(positions[i]) + 1 for i in range(n)]
     lo_val: list[float | None] = [None] * n
 
@@ -434,14 +449,10 @@ def _driving_heads(
 ) -> list[list[tuple[int, int, float]]]:
     """Per firing, its driving heads as (layer, head, direct attribution) on the untrimmed
     prompt (as long as `max_prompt_tokens` allows): see `ExamplesConfig.keep_heads`."""
-    bos_first = lm.bos_token_id is not None
-    body_cap = cfg.max_prompt_tokens - 1 - bos_first
     prompts, neurons, heads = [], [], []
     for r in rows:
-        pos = int(r["position"])
-        first = max(1 if bos_first else 0, pos + 1 - body_cap)
         prompts.append(
-            ([lm.bos_token_id] if bos_first else []) + docs[r["doc_id"]][first : pos + 1].tolist()
+            untrimmed_prompt(docs[r["doc_id"]], int(r["position"]), cfg, lm.bos_token_id)[0]
         )
         layer = int(r["layer"])
         neurons.append((layer, int(r["neuron"])))
@@ -504,16 +515,15 @@ def _keep_read_words(
     prompt (-1: none), and the trimmed starts moved left to keep it (see
     `ExamplesConfig.keep_read_word`), their activations measured again."""
     bos = lm.bos_token_id
-    body_cap = cfg.max_prompt_tokens - 1 - bos_first
-    first_start = 1 if bos_first else 0
     read_at = [-1] * len(rows)
     live = [i for i, t in enumerate(trimmed) if t is not None]
-    firsts = {i: max(first_start, int(rows[i]["position"]) + 1 - body_cap) for i in live}
-    prompts = [
-        ([bos] if bos_first else [])
-        + docs[rows[i]["doc_id"]][firsts[i] : int(rows[i]["position"]) + 1].tolist()
-        for i in live
-    ]
+    firsts: dict[int, int] = {}
+    prompts = []
+    for i in live:
+        prompt, firsts[i] = untrimmed_prompt(
+            docs[rows[i]["doc_id"]], int(rows[i]["position"]), cfg, bos
+        )
+        prompts.append(prompt)
     reads = top_head_reads(
         lm, prompts, [(int(rows[i]["layer"]), int(rows[i]["neuron"])) for i in live],
         cfg.batch_tokens,
