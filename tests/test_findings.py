@@ -1,4 +1,4 @@
-"""Headline findings from the verify stage's source swaps (`lookuplens.findings`)."""
+"""Headline findings from the verify stage's cue swaps (`lookuplens.findings`)."""
 
 from __future__ import annotations
 

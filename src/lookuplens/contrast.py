@@ -66,8 +66,7 @@ class Contrast:
 
 def silent_limit(fraction: float, top_activations: Sequence[float] | np.ndarray) -> float:
     """The activation at or below which a neuron counts as silent: ``fraction`` of the
-    median over its top prompts (0 when that median is not positive). Contrast prompts
-    and the verify stage's source-swap pool use the same rule."""
+    median over its top prompts (0 when that median is not positive)."""
     return fraction * max(float(np.median(np.asarray(top_activations, dtype=float))), 0.0)
 
 

@@ -1,15 +1,17 @@
 """The run's headline findings: (neuron, head, cue) triples that pass its causal tests.
 
-A (neuron, head) pair is a finding when the verify stage's counterfactual source swap
-shows the head looks up a word to drive the neuron: on the neuron's top prompts, the
-word the head reads most is swapped for one it reads where the neuron stays silent and
-only the head's output from that run is patched into the clean run
-(``head_source_swap`` rows of ``effects``). The pair passes when, over at least
-`FindingsConfig.min_swaps` such prompts, the median share of the neuron's activation the
-patch removes is at least `min_share`, at least `min_fraction` of the prompts lose that
-much, and the median change of log p(token) is below `max_delta_logprob` (the look-up
-drives the prediction of the neuron's token, not only the neuron). The cue is what the
-head reads: the words swapped out, most frequent first.
+A (neuron, head) pair is a finding when the verify stage's cue swaps show the head
+carries a looked-up word into the neuron: on the neuron's top prompts, the prompt's cue
+(an earlier word whose swap for another filler of its slot removes at least
+``VerifyConfig.swap_min_drop`` of the activation) is swapped and only the head's output
+from that run is patched into the clean run (``head_source_swap`` rows of ``effects``;
+a prompt with several cues counts once, with the cue the head carries most of). The pair
+passes when, over at least `FindingsConfig.min_swaps` such prompts, the median share of
+the neuron's activation the patch removes is at least `min_share`, at least
+`min_fraction` of the prompts lose that much, and the median change of log p(token) is
+below `max_delta_logprob` (the look-up drives the prediction of the neuron's token, not
+only the neuron). The cue is what the head carries: the words swapped out, most frequent
+first.
 
 Each finding carries its evidence: how many prompts were swapped, the median share
 removed and change of log p(token), the share of prompts that pass, the zero-ablation KS
@@ -55,7 +57,7 @@ class FindingsConfig:
     """When a (neuron, head) pair counts as a finding."""
 
     min_share: float = 0.2
-    """Share of the neuron's activation the source swap must remove on a prompt."""
+    """Share of the neuron's activation the cue swap must remove on a prompt."""
     min_fraction: float = 0.5
     """Share of the swapped prompts on which it must remove that much (and the median
     must reach `min_share`)."""
@@ -99,6 +101,9 @@ def find_findings(
     keys = ["layer", "neuron", "head_layer", "head"]
     for key, g in swap.groupby(keys, sort=True):
         g = g[np.isfinite(g.share)]
+        # a prompt with several cues counts once, with the cue the head carries most of
+        g = g.sort_values(["example_id", "share"], ascending=[True, False])
+        g = g.drop_duplicates("example_id")
         if len(g) < cfg.min_swaps:
             continue
         median = float(np.median(g.share))

@@ -502,7 +502,7 @@ def _stage_verify(ctx: Context) -> str:
         mean_ks += f" ({int(tested.sum())} pairs KS-tested with the neurons' top heads)"
     summary = (
         f"{effects.num_rows:,} intervention effects{mean_ks}; {findings.num_rows} findings "
-        "(neuron, head, cue) pass the source-swap test"
+        "(neuron, head, cue) pass the cue-swap test"
     )
     ctx.reporter.finish(summary)
     return summary

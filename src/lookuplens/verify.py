@@ -12,19 +12,16 @@ position (the prompt's last token) on the neuron's target token:
   value-vector ablation), with ``head_layer`` and ``head`` set. The top heads are
   verified too because the 25-75% filter drops a head that drives its neuron on nearly
   every example, and that is the head a user most needs checked.
-- ``head_source_swap`` of the same heads, on the neuron's top prompts only: a
-  counterfactual patch. The word the head reads (its most attended position from the
-  firing position, BOS and the firing token itself left out, if it gets at least
-  ``swap_min_attention``) is replaced by a word the same head reads on one of the
-  neuron's contrast prompts (prompts ending on the same token where the neuron is
-  silent, as stored; taken in turn), the swapped prompt is run, and the head's output
-  from that run is patched into the clean run at every position. Zero ablation asks what
-  the neuron does with the head silent, a state the model never sees; the swap asks what
-  it does when the head reads what it reads when the neuron stays off (a resample
-  ablation of the head's input word, the kind recommended over zeroing for causal
-  claims). ``swap_position`` (index in the prompt's tokens) and ``swap_token_id`` (the
-  replacement) say what was swapped. Needs contrast prompts (none under ``--preset
-  paper``); without them there are no such rows.
+- ``cue_swap`` and ``head_source_swap``, on the neuron's top prompts only
+  (`lookuplens.cueswap`): the prompt's cue, an earlier word whose replacement by another
+  filler of its slot removes at least ``swap_min_drop`` of the activation, is swapped
+  (``cue_swap``: the whole swap), and for every head upstream of the neuron only that
+  head's output from the swapped run is patched into the clean run (``head_source_swap``
+  with ``head_layer`` and ``head``). Zero ablation asks what the neuron does with the
+  head silent, a state the model never sees; the swap asks what the head carries of the
+  word (a resample ablation of the head's input word, the kind recommended over zeroing
+  for causal claims). ``swap_position`` (index in the prompt's tokens) and
+  ``swap_token_id`` (the replacement) say what was swapped.
 
 ``delta_logprob`` is log p(token) after minus before; ``kl`` is KL(clean || intervened)
 of the next-token distribution; ``delta_prob`` and ``delta_activation`` (the neuron's
@@ -48,13 +45,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
-import torch
 from scipy import stats
 from torch import Tensor
 
+from lookuplens import cueswap
 from lookuplens.attribute import _pad
-from lookuplens.contrast import silent_limit
-from lookuplens.model import HookFn, LayerCall, LoadedModel, hook_name
+from lookuplens.interventions import Row as _Row
+from lookuplens.interventions import forward as _forward
+from lookuplens.interventions import head_edit as _head_edit
+from lookuplens.interventions import kl as _kl
+from lookuplens.interventions import neuron_edit as _neuron_edit
+from lookuplens.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,18 @@ class VerifyConfig:
     """Ablate the head of every kept pair on its neuron's examples (and run the KS test)."""
     source_swap: bool = True
     """Measure ``head_source_swap`` on the ablated heads (needs contrast prompts)."""
-    swap_silent_fraction: float = 0.2
-    """A contrast prompt lends the swap its word when the neuron's activation on it, as
-    stored, is at most this share of the median over the top prompts (a contrast is
-    chosen silent with its whole document as context; cut to length, some fire)."""
-    swap_min_attention: float = 0.5
-    """The head reads a word when it puts at least this much attention on it from the
-    firing position: top prompts where it reads none get no swap, and contrasts where it
-    reads none lend no word (a diffuse head on a silent contrast reads nothing the
-    neuron's silence can be blamed on)."""
+    swap_fillers: int = 16
+    """Replacement words tried per position: the slot's most frequent fillers."""
+    swap_screen: int = 4
+    """Positions per top prompt swapped for real, after the gradient screen."""
+    swap_min_drop: float = 0.2
+    """A swap is a cue of the prompt when it removes at least this share of the activation."""
+    swap_max_cues: int = 1
+    """Cues per top prompt whose heads are patched (the strongest)."""
+    swap_skip_last: int = 3
+    """The prompt's last tokens (the firing token and its trigger) are never cues."""
+    swap_heads: int = 0
+    """Heads patched per cue, by a first-order estimate of what each carries; 0: all."""
     top_heads: int = 1
     """Also ablate (and KS-test) each neuron's top heads by mean ``direct`` attribution,
     kept or not; 0: kept pairs only."""
@@ -95,116 +99,12 @@ class VerifyConfig:
             raise ValueError("top_heads and top_heads_total must be 0 or more")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be positive, got {self.batch_rows}")
-
-
-@dataclass(frozen=True)
-class _Row:
-    example_id: int
-    layer: int
-    neuron: int
-    tokens: list[int]
-    token_id: int
-
-
-def _forward(
-    lm: LoadedModel,
-    rows: list[_Row],
-    edit: Callable[[list[_Row]], list[tuple[str, HookFn]]] | None,
-    calls: list[LayerCall] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Log-probs of the next token at each prompt's last position, and the neuron's activation.
-
-    With `calls` (the batch's recorded layer calls), only the layers from the rows' first
-    neuron layer on are run again.
-    """
-    ids, mask = _pad(lm, [r.tokens for r in rows])
-    pos = mask.sum(1) - 1
-    acts = torch.empty(len(rows), dtype=torch.float64)
-    by_layer: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_layer.setdefault(r.layer, []).append(i)
-    hooks = list(edit(rows)) if edit is not None else []
-    for layer, idx in by_layer.items():
-        sel = torch.tensor(idx)
-        cols = torch.tensor([rows[i].neuron for i in idx])
-
-        def grab(x: Tensor, _n: str, sel: Tensor = sel, cols: Tensor = cols) -> None:
-            acts[sel] = x[sel, pos[sel], cols].double().cpu()
-
-        hooks.append((hook_name(layer, "mlp.hook_post"), grab))
-    if calls is None:
-        logits, _ = lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=hooks)
-        assert logits is not None
-    else:
-        # prefix reuse: layers before the first edited one are the same as in the clean run
-        start = min(r.layer for r in rows)
-        out = lm.replay_layers(
-            calls, start, lm.n_layers - 1, calls[start].hidden, torch.arange(len(rows)), hooks=hooks
-        )
-        logits = lm.unembed(out)
-    last = logits[torch.arange(len(rows)), pos].double()
-    return torch.log_softmax(last, dim=-1).cpu(), acts
-
-
-def _neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Callable:
-    def make(rows: list[_Row]) -> list[tuple[str, HookFn]]:
-        hooks: list[tuple[str, HookFn]] = []
-        for layer in sorted({r.layer for r in rows}):
-            idx = [i for i, r in enumerate(rows) if r.layer == layer]
-            sel = torch.tensor(idx)
-            cols = torch.tensor([rows[i].neuron for i in idx])
-            if isinstance(value, dict):
-                vals = torch.tensor([value[(layer, rows[i].neuron)] for i in idx])
-            else:
-                vals = torch.full((len(idx),), float(value))
-
-            def fn(
-                x: Tensor, _n: str, sel: Tensor = sel, cols: Tensor = cols, vals: Tensor = vals
-            ) -> Tensor:
-                x = x.clone()
-                cur = x[sel, :, cols]  # [n, p]
-                new = (
-                    cur * vals[:, None].to(x.dtype)
-                    if kind == "scale"
-                    else (vals[:, None].to(x.dtype).expand_as(cur))
-                )
-                x[sel[:, None], torch.arange(x.shape[1])[None, :], cols[:, None]] = new
-                return x
-
-            hooks.append((hook_name(layer, "mlp.hook_post"), fn))
-        return hooks
-
-    return make
-
-
-def _head_edit(heads: list[tuple[int, int]], donor: dict[int, Tensor] | None = None) -> Callable:
-    """Zero the head ``heads[i]`` for row i at every position, or with `donor` (``z`` of
-    each head layer from another run of the same batch shape) patch in its value there."""
-
-    def make(rows: list[_Row]) -> list[tuple[str, HookFn]]:
-        hooks: list[tuple[str, HookFn]] = []
-        for hl in sorted({h[0] for h in heads}):
-            idx = [i for i, h in enumerate(heads) if h[0] == hl]
-            sel = torch.tensor(idx)
-            hs = torch.tensor([heads[i][1] for i in idx])
-
-            new = None if donor is None else donor[hl][sel, :, hs]
-
-            def fn(
-                z: Tensor, _n: str, sel: Tensor = sel, hs: Tensor = hs, new: Tensor | None = new
-            ) -> Tensor:
-                z = z.clone()
-                z[sel, :, hs] = 0 if new is None else new.to(z.dtype)
-                return z
-
-            hooks.append((hook_name(hl, "attn.hook_z"), fn))
-        return hooks
-
-    return make
-
-
-def _kl(clean: Tensor, new: Tensor) -> np.ndarray:
-    return (clean.exp() * (clean - new)).sum(-1).clamp_min(0).numpy()
+        if self.swap_skip_last < 1:
+            raise ValueError("swap_skip_last must be at least 1 (the firing token is no cue)")
+        if min(self.swap_fillers, self.swap_screen, self.swap_max_cues) < 1:
+            raise ValueError("swap_fillers, swap_screen and swap_max_cues must be positive")
+        if not 0 < self.swap_min_drop <= 1:
+            raise ValueError(f"swap_min_drop must be in (0, 1], got {self.swap_min_drop}")
 
 
 def verify_run(
@@ -303,36 +203,8 @@ def verify_run(
         done += len(part_h)
         if on_progress is not None:
             on_progress(done, total)
-    swap_jobs = (
-        _source_swaps(
-            lm,
-            ex,
-            rows,
-            {k: v[1] for k, v in clean.items()},
-            ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total),
-            cfg,
-        )
-        if cfg.head_ablations and cfg.source_swap
-        else []
-    )
-    total += len(swap_jobs)
-    for j in range(0, len(swap_jobs), cfg.batch_rows):
-        part_s = swap_jobs[j : j + cfg.batch_rows]
-        swapped = [r.tokens[:s] + [t] + r.tokens[s + 1 :] for r, _, (s, t) in part_s]
-        ids, mask = _pad(lm, swapped)
-        hls = sorted({h[0] for _, h, _ in part_s})
-        names = {hl: hook_name(hl, "attn.hook_z") for hl in hls}
-        _, donor = lm.run_with_cache(
-            ids, list(names.values()), attention_mask=mask, stop_after_layer=max(hls)
-        )
-        edit = _head_edit([h for _, h, _ in part_s], {hl: donor[n] for hl, n in names.items()})
-        lp2, act2 = _forward(lm, [r for r, _, _ in part_s], edit)
-        for i, (r, head, sw) in enumerate(part_s):
-            c_lp, c_act = clean[r.example_id]
-            _append(out, r, "head_source_swap", c_lp, lp2[i], c_act, float(act2[i]), head, sw)
-        done += len(part_s)
-        if on_progress is not None:
-            on_progress(done, total)
+    if cfg.head_ablations and cfg.source_swap:
+        done = _cue_swaps(lm, ex, rows, clean, cfg, out, done, total, on_progress)
     effects = pa.table(
         {
             "example_id": pa.array(out["example_id"], pa.int64()),
@@ -362,90 +234,47 @@ def verify_run(
     return effects, ks_tests(effects, labels, pairs)
 
 
-def _most_read(
-    lm: LoadedModel, rows: list[_Row], layers: list[int], batch: int, min_attention: float
-) -> dict[int, dict[int, Tensor]]:
-    """Per example and head layer, the position each head reads from the prompt's last
-    token (``[n_heads]``): its most attended one, leaving out a leading BOS and the last
-    position itself, if it gets at least `min_attention`; -1 otherwise."""
-    names = {hl: hook_name(hl, "attn.hook_pattern") for hl in layers}
-    bos = lm.bos_token_id
-    out: dict[int, dict[int, Tensor]] = {}
-    for j in range(0, len(rows), batch):
-        part = rows[j : j + batch]
-        ids, mask = _pad(lm, [r.tokens for r in part])
-        _, cache = lm.run_with_cache(
-            ids, list(names.values()), attention_mask=mask, stop_after_layer=max(layers)
-        )
-        for i, r in enumerate(part):
-            p = len(r.tokens) - 1
-            first = 1 if bos is not None and r.tokens[0] == bos else 0
-            reads = {}
-            for hl, n in names.items():
-                pat = cache[n][i, :, p, first:p]  # [H, candidates]
-                if not pat.shape[-1]:
-                    reads[hl] = torch.full((pat.shape[0],), -1, dtype=torch.long)
-                    continue
-                top, at = pat.max(-1)
-                reads[hl] = torch.where(top >= min_attention, at + first, -1)
-            out[r.example_id] = reads
-    return out
-
-
-def _source_swaps(
+def _cue_swaps(
     lm: LoadedModel,
     ex: pd.DataFrame,
     rows: list[_Row],
-    acts: dict[int, float],
-    heads: list[tuple[int, int, int, int]],
+    clean: dict[int, tuple[Tensor, float]],
     cfg: VerifyConfig,
-) -> list[tuple[_Row, tuple[int, int], tuple[int, int]]]:
-    """(top prompt, head, (position, replacement token)) of every ``head_source_swap``:
-    the word the head reads on the prompt, replaced by the word it reads on one of the
-    neuron's contrast prompts that are silent as stored (`acts`: the clean activation of
-    every example; silent: at most ``swap_silent_fraction`` of the median over the top
-    prompts, `contrast.silent_limit`, the contrast search's rule), taken in turn, skipping
-    the same word."""
-    if "kind" not in ex or not heads:
-        return []
-    kind = dict(zip(ex.example_id.astype(int), ex.kind, strict=True))
-    tops: dict[tuple[int, int], list[_Row]] = {}
-    cons: dict[tuple[int, int], list[_Row]] = {}
-    for r in rows:
-        side = tops if kind[r.example_id] == "top" else cons
-        side.setdefault((r.layer, r.neuron), []).append(r)
-    for k, rs in cons.items():
-        if k in tops:
-            limit = silent_limit(cfg.swap_silent_fraction, [acts[r.example_id] for r in tops[k]])
-            cons[k] = [r for r in rs if acts[r.example_id] <= limit]
-    heads = [h for h in heads if cons.get((h[0], h[1])) and tops.get((h[0], h[1]))]
-    if not heads:
-        return []
-    need = {(h[0], h[1]) for h in heads}
-    todo = [r for k in sorted(need) for r in sorted(tops[k] + cons[k], key=lambda r: r.example_id)]
-    reads = _most_read(
-        lm, todo, sorted({h[2] for h in heads}), cfg.batch_rows, cfg.swap_min_attention
+    out: dict[str, list],
+    done: int,
+    total: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> int:
+    """``cue_swap`` and ``head_source_swap`` rows of the neurons' top prompts
+    (`lookuplens.cueswap`)."""
+    kind = dict(zip(ex.example_id.astype(int), ex.kind, strict=True)) if "kind" in ex else {}
+    tops = [
+        r for r in rows if kind.get(r.example_id, "top") == "top" and clean[r.example_id][1] > 0
+    ]
+    if not tops:
+        return done
+    special = getattr(lm.tokenizer, "all_special_ids", None) or []
+    slots = cueswap.SlotIndex(ex.tokens, skip=special)
+    settings = cueswap.SwapSettings(
+        cfg.swap_fillers,
+        cfg.swap_screen,
+        cfg.swap_min_drop,
+        cfg.swap_max_cues,
+        cfg.swap_skip_last,
+        cfg.swap_heads,
+        cfg.batch_rows,
     )
-    jobs = []
-    for layer, neuron, hl, h in heads:
-        pool = []
-        for c in sorted(cons[(layer, neuron)], key=lambda r: r.example_id):
-            s = int(reads[c.example_id][hl][h])
-            if s >= 0:
-                pool.append(c.tokens[s])
-        if not pool:
-            continue
-        for i, r in enumerate(sorted(tops[(layer, neuron)], key=lambda r: r.example_id)):
-            s = int(reads[r.example_id][hl][h])
-            if s < 0:
-                continue
-            for off in range(len(pool)):
-                t = pool[(i + off) % len(pool)]
-                if t != r.tokens[s]:
-                    jobs.append((r, (hl, h), (s, t)))
-                    break
-    jobs.sort(key=lambda j: (len(j[0].tokens), j[0].example_id, j[1]))
-    return jobs
+    base = done
+
+    def tick(n: int, of: int) -> None:
+        if on_progress is not None:
+            on_progress(base + n, total + of)
+
+    for c, head, lp, act2 in cueswap.cue_swaps(lm, tops, slots, settings, tick):
+        c_lp, c_act = clean[c.row.example_id]
+        name = "cue_swap" if head is None else "head_source_swap"
+        _append(out, c.row, name, c_lp, lp, c_act, act2, head, (c.position, c.replacement))
+    return base + len(tops)
 
 
 def ablated_pairs(

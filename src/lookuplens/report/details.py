@@ -98,7 +98,7 @@ class Lookup:
                         zip(g.example_id.astype(int), g.delta_logprob.astype(float), strict=True)
                     )
             # neuron interventions, and head interventions other than the zero ablation
-            # (the source swap), listed per head in the neuron's effects table
+            # (the cue swaps), listed per head in the neuron's effects table
             other = eff[eff.intervention != "head_zero_ablation"]
             for k, g in other.groupby(["layer", "neuron"], sort=False):
                 neuron_eff[(int(k[0]), int(k[1]))] = g
@@ -421,13 +421,14 @@ def effects_table(rows: Sequence[Mapping[str, object]]) -> Html:
 
 
 def _is_swap(row: Mapping[str, object]) -> bool:
-    return str(row["intervention"]).startswith("head_source_swap")
+    name = str(row["intervention"])
+    return name == "cue_swap" or name.startswith("head_source_swap")
 
 
 SWAP_NOTE = (
-    "head_source_swap LxHy (top prompts only): the word head LxHy reads is swapped for one "
-    "it reads on a contrast prompt where the neuron is silent, and only that head's output "
-    "from the swapped prompt is patched into the clean run."
+    "cue_swap (top prompts only): an earlier word that the neuron depends on is swapped for "
+    "another word seen in the same slot; head_source_swap LxHy: only head LxHy's output "
+    "from that swapped prompt is patched into the clean run."
 )
 
 

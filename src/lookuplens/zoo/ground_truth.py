@@ -9,15 +9,25 @@ the model from held-out documents, independently of the pipeline, by swapping th
   name of the same gender, "winter" by a season of another item); `cue_decides` is the
   share of annotated predictions whose p(target) at least halves, proof that the cue
   decides it;
-- a head is a *cue-reading head* of a next-token neuron when its output, patched from the
+- an annotation counts for a next-token neuron of its target when it fires the neuron:
+  above `min_firing` of the neuron's median activation on its top prompts in the run (a
+  neuron that is off where the world plants its token has no look-up to find there, and
+  shares of a near-zero activation are ratios of noise); a neuron with fewer than
+  `min_annotations` such annotations takes no part;
+- a head is a *cue-reading head* of such a neuron when its output, patched from the
   cue-swapped run into the clean run, lowers the neuron's activation at the predicting
-  position by at least `min_share` of it, averaged over the annotations whose target is
-  the neuron's token. Attention to the cue is measured and reported, not used as truth.
+  position by at least `min_share` of it (mean drop over mean activation, over the
+  annotations that count). Attention to the cue is measured and reported, not used as truth.
 
-Ground-truth pairs are (selected neuron whose token is a planted target, cue-reading
-head). The run's predicted pairs are its headline findings (`lookuplens.findings`) on
-selected neurons whose token is a planted target. Precision is the share of predicted
-pairs that are ground truth; recall the share of ground-truth pairs found.
+Ground-truth pairs are (selected neuron whose token is a planted target and that takes
+part, cue-reading head). The run's predicted pairs are its headline findings
+(`lookuplens.findings`) on selected neurons whose token is a planted target and whose cue
+(the word the head carries most often) is a word the world plants as a cue of that
+target (`PlantedWorld.cues_of`: "spring" or "april" for " umbrella"). A finding with
+another cue (a head carrying "sold" from "she sold her kettle") claims a look-up the
+world does not plant: it is listed as ``other_findings`` and counted neither way.
+Precision is the share of predicted pairs that are ground truth; recall the share of
+ground-truth pairs found.
 """
 
 from __future__ import annotations
@@ -53,6 +63,11 @@ class GroundTruthConfig:
     """Seed of those stories (distinct from the pipeline's corpus)."""
     min_attention: float = 0.3
     """Mean attention to the cue reported as "attends to the cue" (not used as truth)."""
+    min_firing: float = 0.5
+    """An annotation counts for a neuron when it fires the neuron above this share of the
+    neuron's median activation on its top prompts."""
+    min_annotations: int = 3
+    """A neuron takes part when at least this many annotations fire it."""
     min_share: float = 0.2
     """Share of a neuron's activation that patching a head from the cue-swapped run must
     remove, on average, for the head to be cue-reading."""
@@ -75,6 +90,10 @@ class PlantedWorld:
     replacement: Callable[[str, str, str, np.random.Generator], str | None]
     """(kind, cue word, document text, rng) -> a word of the cue's class deciding another
     target and absent from the text, or None."""
+    cues_of: Callable[[str], tuple[str, ...]]
+    """Planted target (running text) -> the cue words that make it likely: a finding on a
+    neuron of that target whose cue (the word its head carries most often) is one of them
+    claims the planted look-up."""
 
 
 def _story_replacement(kind: str, cue: str, text: str, rng: np.random.Generator) -> str | None:
@@ -95,6 +114,25 @@ def _trip_replacement(_kind: str, cue: str, text: str, rng: np.random.Generator)
     return str(rng.choice(options)) if options else None
 
 
+def _story_cues(target: str) -> tuple[str, ...]:
+    word = target.strip()
+    if word == "an":
+        return VOWEL_OBJECTS
+    if word == "a":
+        return CONSONANT_OBJECTS
+    places = tuple(p for p, topic in TOPICS.items() if topic == word)
+    return places or (word,)  # a name recalls itself
+
+
+def _trip_cues(target: str) -> tuple[str, ...]:
+    item = target.strip()
+    return tuple(
+        s
+        for s in tripworld.SEASONS
+        if any(tripworld.item_for(s, t) == item for t in tripworld.TRIGGERS)
+    )
+
+
 WORLDS: dict[str, PlantedWorld] = {
     "storyworld": PlantedWorld(
         "storyworld",
@@ -102,6 +140,7 @@ WORLDS: dict[str, PlantedWorld] = {
         lambda n, seed: storyworld.generate_corpus(n, seed, "heldout"),
         storyworld.token_positions,
         _story_replacement,
+        _story_cues,
     ),
     "tripworld": PlantedWorld(
         "tripworld",
@@ -109,6 +148,7 @@ WORLDS: dict[str, PlantedWorld] = {
         lambda n, seed: tripworld.generate_corpus(n, seed, "heldout"),
         tripworld.token_positions,
         _trip_replacement,
+        _trip_cues,
     ),
 }
 """The bundled planted worlds, by the name of their bundled model."""
@@ -185,16 +225,23 @@ def causal_truth(
     targets: dict[int, list[tuple[int, int]]],
     cfg: GroundTruthConfig,
     world: PlantedWorld | None = None,
+    reference: dict[tuple[int, int], float] | None = None,
 ) -> dict[str, object]:
     """Cue-reading heads per neuron, measured by patching from cue-swapped runs.
 
     `targets` maps a planted target token id to the selected neurons predicting it.
-    Returns ``pairs`` (set of (layer, neuron, head_layer, head)), ``share`` (mean share
-    removed per such key, every upstream head measured), ``cue_decides`` (per kind, the
-    share of predictions whose p(target) at least halves when the cue is swapped) and
-    ``n_swaps``.
+    Only the annotations that fire the neuron count: its activation there is above
+    `GroundTruthConfig.min_firing` of `reference` (its median top activation in the run;
+    without `reference`, above 0), on at least `GroundTruthConfig.min_annotations`.
+    Returns ``pairs`` (set of (layer, neuron, head_layer, head)), ``share`` (share of the
+    neuron's mean activation that patching the head removes on average, every upstream
+    head measured), ``firing`` (per neuron, how many of its annotations fire it),
+    ``cue_decides`` (per kind, the share of predictions whose p(target) at least halves
+    when the cue is swapped) and ``n_swaps``.
     """
-    from lookuplens.verify import _forward, _head_edit, _Row
+    from lookuplens.interventions import Row as _Row
+    from lookuplens.interventions import forward as _forward
+    from lookuplens.interventions import head_edit as _head_edit
 
     swaps = cue_swaps(lm, cfg, world)
     decides: dict[str, list[bool]] = {}
@@ -215,7 +262,7 @@ def causal_truth(
                 jobs += [(k, (layer, neuron), (hl, h)) for h in range(lm.n_heads)]
     jobs.sort(key=lambda job: (len(swaps[job[0]].tokens), job[0]))
     clean: dict[tuple[int, int, int], float] = {}
-    shares: dict[tuple[int, int, int, int], list[float]] = {}
+    shares: dict[tuple[int, int, int, int], list[tuple[float, float]]] = {}
     for j in range(0, len(jobs), cfg.batch_rows):
         part_j = jobs[j : j + cfg.batch_rows]
         rows = [
@@ -236,15 +283,41 @@ def causal_truth(
         _, act2 = _forward(lm, rows, edit)
         for (k, nrn, head), a2 in zip(part_j, act2.tolist(), strict=True):
             a = clean[(k, *nrn)]
-            if a > 0:
-                shares.setdefault((*nrn, *head), []).append((a - float(a2)) / a)
-    share = {key: float(np.mean(v)) for key, v in shares.items()}
+            shares.setdefault((*nrn, *head), []).append((a, a - float(a2)))
+    floor = {
+        nrn: max(cfg.min_firing * (reference or {}).get(nrn, 0.0), 0.0)
+        for nrns in targets.values()
+        for nrn in nrns
+    }
+    fired: dict[tuple[int, int, int, int], list[tuple[float, float]]] = {}
+    for key, v in shares.items():
+        kept = [(a, d) for a, d in v if a > floor[key[:2]]]
+        if len(kept) >= cfg.min_annotations:
+            fired[key] = kept
+    firing: dict[tuple[int, int], list[float]] = {}
+    for (_k, *nrn), a in clean.items():
+        firing.setdefault((nrn[0], nrn[1]), []).append(a)
+    n_firing = {key: int(sum(a > floor[key] for a in v)) for key, v in firing.items()}
+    share = {key: _ratio_of_means(v) for key, v in fired.items()}
     return {
         "pairs": {key for key, v in share.items() if v >= cfg.min_share},
         "share": share,
+        "firing": n_firing,
         "cue_decides": {k: float(np.mean(v)) for k, v in decides.items()},
         "n_swaps": len(swaps),
     }
+
+
+def _cue_token_ids(lm: LoadedModel, words: Sequence[str]) -> set[int]:
+    """Every token of each word, as running text (after a space)."""
+    return {int(t) for w in words for t in lm.tokenizer.encode(" " + w, add_special_tokens=False)}
+
+
+def _ratio_of_means(pairs: list[tuple[float, float]]) -> float:
+    """Mean removed over mean activation: a prompt where the neuron barely fires weighs
+    by what it has to lose, instead of dividing by a near-zero activation."""
+    act, removed = np.array(pairs).T
+    return float(removed.mean() / act.mean())
 
 
 def compare(
@@ -262,15 +335,28 @@ def compare(
     for row in sel.itertuples():
         targets.setdefault(int(row.token_id), []).append((int(row.layer), int(row.neuron)))
         name_of[(int(row.layer), int(row.neuron))] = str(row.token)
-    truth_info = causal_truth(lm, targets, cfg, planted_world)
+    ex = run.read_df("examples")
+    if "kind" in ex:
+        ex = ex[ex.kind == "top"]
+    reference = {
+        (int(k[0]), int(k[1])): float(v)
+        for k, v in ex.groupby(["layer", "neuron"]).trimmed_activation.median().items()
+    }
+    truth_info = causal_truth(lm, targets, cfg, planted_world, reference)
+    firing: dict[tuple[int, int], int] = truth_info["firing"]  # type: ignore[assignment]
     truth: set[tuple[int, int, int, int]] = truth_info["pairs"]  # type: ignore[assignment]
     predicted: set[tuple[int, int, int, int]] = set()
+    other: list[str] = []
     if run.has_table("findings"):
         f = run.read_df("findings")
         f = f[~f.baseline & f.token.isin(list(kind_of))]
-        predicted = {
-            (int(r.layer), int(r.neuron), int(r.head_layer), int(r.head)) for r in f.itertuples()
-        }
+        for r in f.itertuples():
+            key = (int(r.layer), int(r.neuron), int(r.head_layer), int(r.head))
+            mine = _cue_token_ids(lm, planted_world.cues_of(str(r.token)))
+            if len(r.cue_token_ids) and int(r.cue_token_ids[0]) in mine:
+                predicted.add(key)
+            else:
+                other.append(f"{r.token!r} L{key[0]}N{key[1]} <- L{key[2]}H{key[3]} ({r.cue})")
     hits = truth & predicted
     att = cue_attention(lm, cfg, planted_world)
 
@@ -289,11 +375,16 @@ def compare(
         "cue_decides": truth_info["cue_decides"],
         "n_cue_swaps": truth_info["n_swaps"],
         "planted_targets_with_a_neuron": sorted(set(sel.token)),
+        "min_firing": cfg.min_firing,
+        "annotations_firing": {
+            show((*key, -1, -1)).split(" <-")[0]: n for key, n in sorted(firing.items())
+        },
         "truth_pairs": sorted(list(k) for k in truth),
         "predicted_pairs": sorted(list(k) for k in predicted),
         "found": sorted(show(k) for k in hits),
         "missed": sorted(show(k) for k in truth - predicted),
         "extra": sorted(show(k) for k in predicted - truth),
+        "other_findings": sorted(other),
         "heads_attending_to_the_cue": {
             kind: [
                 f"L{layer}H{h}"

@@ -253,8 +253,10 @@ def _mechanism(
 ) -> tuple[list[dict[str, object]], list[dict[str, object]], float]:
     """Neurons, cue-reading heads and how often the season decides, by swapping seasons."""
     from lookuplens.attribute import _pad
+    from lookuplens.interventions import Row as _Row
+    from lookuplens.interventions import forward as _forward
+    from lookuplens.interventions import head_edit as _head_edit
     from lookuplens.model import from_hf, hook_name
-    from lookuplens.verify import _forward, _head_edit, _Row
 
     lm = from_hf(model, tokenizer, "tripworld")
     pairs = _swapped_pairs(tokenizer, docs)
