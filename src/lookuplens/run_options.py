@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lookuplens.errors import UserError
 
 if TYPE_CHECKING:
-    from lookuplens.pipeline import RunConfig
+    from lookuplens.run_config import RunConfig
 
 __all__ = [
     "OPTIONS",
@@ -100,7 +100,7 @@ value given on the command line always wins over a preset and a config file."""
 
 def run_overrides(opts: dict[str, object], given: Iterable[str]) -> dict[str, object]:
     """The dotted RunConfig settings of the given options, each checked against its choices."""
-    from lookuplens.pipeline import check_setting
+    from lookuplens.run_config import check_setting
 
     out: dict[str, object] = {}
     for name in given:
@@ -118,7 +118,7 @@ def config_from_options(opts: dict[str, object], given: Iterable[str]) -> RunCon
     `opts` maps option names (those of `OPTIONS`, plus ``preset`` and ``config``) to their
     values; `given` names the options the user set (only those override).
     """
-    from lookuplens.pipeline import build_config as build
+    from lookuplens.run_config import build_config as build
 
     return build(
         preset=str(opts.get("preset") or ""),
@@ -132,7 +132,7 @@ def _config_defaults() -> dict[str, Any]:
     """`RunConfig`'s defaults as nested dicts (read once)."""
     import dataclasses
 
-    from lookuplens.pipeline import RunConfig
+    from lookuplens.run_config import RunConfig
 
     return dataclasses.asdict(RunConfig())
 
