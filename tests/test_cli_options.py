@@ -12,6 +12,7 @@ import pytest
 
 from lookuplens import cli
 from lookuplens.pipeline import RunConfig, build_config, setting_choices
+from lookuplens.run_options import OPTIONS, option_default
 
 # a value for each option's first setting that differs from the built-in default, as it
 # is written in a TOML file
@@ -92,23 +93,23 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 
 
 def test_every_option_is_tested_and_its_default_is_runconfigs() -> None:
-    assert set(OTHER) == set(cli._OPTIONS)
+    assert set(OTHER) == set(OPTIONS)
     base = dataclasses.asdict(RunConfig())
-    for name, opt in cli._OPTIONS.items():
+    for name, opt in OPTIONS.items():
         value: Any = base
         for part in opt.paths[0].split("."):
             value = value[part]
-        assert opt.to_config(cli._option_default(name)) == value, name
+        assert opt.to_config(option_default(name)) == value, name
 
 
 @pytest.mark.parametrize("name", sorted(OTHER))
 def test_an_option_given_on_the_command_line_wins_even_at_its_default(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured: list[RunConfig]
 ) -> None:
-    opt = cli._OPTIONS[name]
+    opt = OPTIONS[name]
     toml = write_toml(tmp_path / "c.toml", {p: OTHER[name] for p in opt.paths[:1]})
     flag = "--" + name.replace("_", "-")
-    default = str(cli._option_default(name))
+    default = str(option_default(name))
     # the file alone sets the value
     assert run_cli(monkeypatch, "run", "--config", str(toml), "--out", str(tmp_path / "r")) == 0
     from_file = get(captured[-1], opt.paths[0])
@@ -170,8 +171,8 @@ BAD: dict[str, tuple[str, str]] = {
 
 
 def test_every_option_has_a_bad_value() -> None:
-    assert set(BAD) == set(cli._OPTIONS)
-    closed = {n for n, o in cli._OPTIONS.items() if setting_choices(o.paths[0]) is not None}
+    assert set(BAD) == set(OPTIONS)
+    closed = {n for n, o in OPTIONS.items() if setting_choices(o.paths[0]) is not None}
     # the device is checked by its pattern (auto, cpu, cuda, cuda:N)
     assert closed == {"dtype", "token_filter", "label_rule", "backend"}
 

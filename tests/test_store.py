@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import lookuplens
-from lookuplens import store
 from lookuplens.errors import RunDirError, TableSchemaError
 from lookuplens.store import (
     FORMAT_VERSION,
@@ -24,6 +23,7 @@ from lookuplens.store import (
     TABLE_COLUMNS,
     RunDir,
     ShardStore,
+    atomic,
     canonical_json,
     config_sha256,
     redact,
@@ -263,7 +263,7 @@ def test_crash_mid_write_leaves_no_table_and_no_stray_file(
         Path(str(where)).write_bytes(b"PAR1 half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store.pq, "write_table", half_write)
+    monkeypatch.setattr(atomic.pq, "write_table", half_write)
     with pytest.raises(KeyboardInterrupt):
         run.write_table("neurons", neurons_df())
     monkeypatch.undo()
@@ -280,7 +280,7 @@ def test_crash_during_rename_keeps_previous_version(
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.os, "replace", fail)
+    monkeypatch.setattr(atomic.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         run.write_table("neurons", neurons_df(5))
     monkeypatch.undo()
@@ -297,6 +297,7 @@ def test_hard_kill_mid_write_is_cleaned_on_open(run: RunDir) -> None:
         sys.path.insert(0, {str(src)!r})
         import pyarrow as pa
         from lookuplens import store
+        from lookuplens.store import atomic
 
         def dying_write(table, where, **kwargs):
             with open(where, "wb") as f:
@@ -304,7 +305,7 @@ def test_hard_kill_mid_write_is_cleaned_on_open(run: RunDir) -> None:
                 f.flush()
             os._exit(9)
 
-        store.pq.write_table = dying_write
+        atomic.pq.write_table = dying_write
         run = store.RunDir.open({str(run.path)!r})
         run.shards("scan").write(0, pa.table({{"x": [1]}}))
         """
@@ -323,7 +324,7 @@ def test_run_json_is_written_atomically(run: RunDir, monkeypatch: pytest.MonkeyP
     def fail(*args: object) -> None:
         raise OSError("boom")
 
-    monkeypatch.setattr(store.os, "replace", fail)
+    monkeypatch.setattr(atomic.os, "replace", fail)
     with pytest.raises(OSError):
         run.mark_done("neurons", 1.0)
     monkeypatch.undo()

@@ -192,7 +192,7 @@ def test_planted_ground_truth_is_consistent() -> None:
 def test_article_slots_are_weighted_like_planted_targets() -> None:
     """Training weights the articles an adjective decided as it weights the planted ones,
     so the model learns p(" an") of about 1 - ADJECTIVE_SHARE instead of saturating."""
-    from lookuplens.zoo.train import _planted_predict_positions
+    from lookuplens.zoo.storyworld_train import _planted_predict_positions
 
     docs = [d for d in generate_corpus(300, seed=5) if d.article_slots]
     assert docs

@@ -176,7 +176,7 @@ def test_interrupted_training_resumes_to_the_same_weights(
 ) -> None:
     """An interrupted run continues from its last saved state, not from scratch, and ends
     with the weights of an uninterrupted run."""
-    import lookuplens.zoo.train as train_module
+    import lookuplens.zoo.storyworld_train as train_module
 
     out = tmp_path / "resumed"
     args = ["train", "--out", str(out), *TINY, "--save-every", "3"]
@@ -202,7 +202,7 @@ def test_interrupted_training_resumes_to_the_same_weights(
 
 
 def test_resume_refuses_another_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lookuplens.zoo.train as train_module
+    import lookuplens.zoo.storyworld_train as train_module
 
     out = tmp_path / "other"
     real_lr_at = train_module._lr_at

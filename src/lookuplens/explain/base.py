@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from lookuplens.explain.usage import Usage
+
 if TYPE_CHECKING:
     from lookuplens.explain.client import LLMClient
     from lookuplens.explain.config import LLMConfig, OfflineConfig, ScoreConfig, TaskConfig
@@ -70,25 +72,6 @@ class Task:
         """``L11N2034`` or ``L11N2034/L9H3``."""
         name = f"L{self.layer}N{self.neuron}"
         return name if self.head is None else f"{name}/L{self.head_layer}H{self.head}"
-
-
-@dataclass(frozen=True)
-class Usage:
-    """LLM use: requests sent, answers served from the cache, and tokens (as reported by
-    the endpoint; for cached answers, what they cost when first asked)."""
-
-    requests: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.requests + other.requests,
-            self.cached + other.cached,
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-        )
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lookuplens.explain.base import Usage
-from lookuplens.explain.config import LLMConfig
 from lookuplens.explain.errors import BudgetExhausted, LLMConfigError, LLMRequestError
+from lookuplens.explain.settings import LLMConfig
+from lookuplens.explain.usage import Usage
 from lookuplens.store import atomic_write_bytes, canonical_json
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,6 @@
 """Model adapter: load a Hugging Face causal LM and hook its heads and neurons."""
 
-from lookuplens.model.adapter import (
-    LayerCall,
-    LoadedModel,
-    NormParams,
-    from_hf,
-    load_model,
-    resolve_device,
-)
+from lookuplens.model.adapter import LayerCall, LoadedModel, NormParams
 from lookuplens.model.arch import (
     ArchSpec,
     register_architecture,
@@ -15,6 +8,7 @@ from lookuplens.model.arch import (
     supported_model_types,
 )
 from lookuplens.model.hooks import POINTS, HookFn, hook_name, parse_hook_name
+from lookuplens.model.loading import from_hf, load_model, resolve_device
 
 __all__ = [
     "POINTS",

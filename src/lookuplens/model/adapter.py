@@ -1,20 +1,21 @@
-"""Load any supported Hugging Face causal LM and read or change its heads and neurons.
+"""`LoadedModel`: a supported Hugging Face causal LM whose heads and neurons can be read
+or changed.
 
 The model is never reimplemented: every activation is read or replaced through hooks on
 the native modules, added inside `LoadedModel.hooks` and removed on exit, also when an
 exception escapes. Capture-only hooks leave the logits bit-identical.
+
+`load_model` (in `lookuplens.model.loading`) builds a `LoadedModel`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
@@ -22,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from lookuplens.errors import ContextLengthError, ModelLoadError
-from lookuplens.model.arch import ArchSpec, spec_for
+from lookuplens.model.arch import ArchSpec
 from lookuplens.model.hooks import HookFn, parse_hook_name
 from lookuplens.model.vocab import Vocab
 
@@ -31,14 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DeviceName = Literal["auto", "cpu", "cuda"]
-DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+__all__ = ["LayerCall", "LoadedModel", "NormParams"]
 
 
 class _StopForward(Exception):
@@ -50,20 +44,6 @@ def _get(root: nn.Module, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"device {device!r} was asked for but CUDA is not available here; "
-            "use --device cpu or --device auto"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -587,130 +567,3 @@ class LoadedModel:
     def resolve_token(self, text: str, what: str = "token") -> int:
         """The token id of a string as people type it (" an", "an", "▁an"); see `Vocab`."""
         return self.vocab.resolve(text, what)
-
-
-_TOKENIZER_PACKAGES = {
-    "sentencepiece": "sentencepiece",
-    "protobuf": "protobuf",
-    "google.protobuf": "protobuf",
-    "tiktoken": "tiktoken",
-    "blobfile": "blobfile",
-}
-
-
-def _needed_package(message: str) -> str | None:
-    """The pip package a tokenizer's loading error asks for, if it names one."""
-    low = message.lower()
-    for needle, package in _TOKENIZER_PACKAGES.items():
-        if needle in low and ("install" in low or "no module" in low or "requires" in low):
-            return package
-    return None
-
-
-def _missing_package_message(name: str, e: BaseException) -> str:
-    package = _needed_package(str(e)) or getattr(e, "name", None)
-    if package:
-        return (
-            f"cannot load the tokenizer of {name!r}: it needs the Python package {package!r}; "
-            f"install it (pip install {package}) and run again"
-        )
-    return f"cannot load the tokenizer of {name!r}: {e}".splitlines()[0]
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or os.sep + os.sep in name
-    )
-
-
-def load_model(
-    name_or_path: str | Path,
-    device: str = "auto",
-    dtype: str = "float32",
-    attn_implementation: str = "sdpa",
-) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local directory or a hub id.
-
-    A local directory is used when it exists. A hub id is first looked up in the local
-    cache only; the hub is asked only when that fails and ``HF_HUB_OFFLINE`` is unset.
-    The architecture is checked against the table before any weight is loaded.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    name = str(name_or_path)
-    if name.startswith("bundled:"):
-        from lookuplens.zoo import bundled_model_path
-
-        try:
-            name = str(bundled_model_path(name))
-        except KeyError as e:
-            raise ModelLoadError(str(e.args[0])) from None
-    path = Path(name).expanduser()
-    if dtype not in _DTYPES and dtype != "auto":
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
-    dev = resolve_device(device)
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{name} is not a model directory (no config.json in it); pass a folder "
-                "written by save_pretrained, or a hub id such as gpt2"
-            )
-        source, local_only = str(path), True
-    elif _looks_like_path(name):
-        raise ModelLoadError(
-            f"no model directory at {name}; pass an existing folder written by save_pretrained "
-            "or a hub id such as gpt2"
-        )
-    else:
-        source, local_only = name, True
-
-    def load_config(local: bool) -> Any:
-        return AutoConfig.from_pretrained(source, local_files_only=local)
-
-    try:
-        try:
-            config = load_config(local_only)
-        except OSError:
-            if source != name or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-                raise
-            log.info("%s not in the local cache; asking the hub", name)
-            config = load_config(False)
-            local_only = False
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(
-            f"cannot load model {name!r}: it is not a local directory and its weights cannot be "
-            "fetched (offline or not cached); download it where you have network "
-            f"(huggingface-cli download {name} --local-dir DIR) and pass --model DIR"
-        ) from e
-
-    spec = spec_for(config.model_type)
-    torch_dtype = "auto" if dtype == "auto" else _DTYPES[dtype]
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=torch_dtype,
-            attn_implementation=attn_implementation,
-            local_files_only=local_only,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except ImportError as e:
-        raise ModelLoadError(_missing_package_message(name, e)) from e
-    except (OSError, ValueError) as e:
-        if _needed_package(str(e)):
-            raise ModelLoadError(_missing_package_message(name, e)) from e
-        raise ModelLoadError(f"cannot load model {name!r}: {e}".splitlines()[0]) from e
-    # transformers wraps PreTrainedModel.to in functools.wraps, whose stub (_Wrapped) does
-    # not bind self, so mypy takes `dev` for the model
-    hf.to(dev)  # type: ignore[arg-type]
-    hf.eval()
-    hf.requires_grad_(False)
-    log.debug("loaded %s (%s) on %s", name, spec.name, dev)
-    return LoadedModel(hf, tokenizer, spec, name)
-
-
-def from_hf(hf: PreTrainedModel, tokenizer: Any, name: str = "in-memory") -> LoadedModel:
-    """Wrap an already loaded model (for notebooks and tests)."""
-    spec = spec_for(hf.config.model_type)
-    hf.eval()
-    hf.requires_grad_(False)
-    return LoadedModel(hf, tokenizer, spec, name)

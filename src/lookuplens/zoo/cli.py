@@ -103,7 +103,7 @@ def train_command(
     options (the state lives in .NAME.partial next to --out).
     """
     _setup_logging(verbose)
-    from lookuplens.zoo.train import TrainConfig, train
+    from lookuplens.zoo.storyworld_train import TrainConfig, train
 
     try:
         cfg = TrainConfig(
@@ -205,7 +205,7 @@ def card_command(
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
     from lookuplens.zoo.card import read_recipe, write_model_card
-    from lookuplens.zoo.train import TrainConfig, measure
+    from lookuplens.zoo.storyworld_train import TrainConfig, measure
 
     if not (checkpoint / "config.json").is_file():
         raise _fail(f"{checkpoint} has no config.json; pass a folder written by `zoo train`")

@@ -28,7 +28,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 from lookuplens.zoo.english import SOURCES, Document, documents
 from lookuplens.zoo.evaluate import pad_batch
 from lookuplens.zoo.fit import FitSettings, fit
-from lookuplens.zoo.train import (
+from lookuplens.zoo.training import (
     gpt2_model,
     package_versions,
     partial_path,

@@ -2,7 +2,7 @@
 warm-up and cosine decay, length-bucketed batches, optional loss weights on planted
 positions and an L1 penalty on MLP activations, resumable from a saved state.
 
-The storyworld recipe (`lookuplens.zoo.train`) keeps its own loop so that its shipped
+The storyworld recipe (`lookuplens.zoo.storyworld_train`) keeps its own loop so that its shipped
 checkpoint stays reproducible bit for bit.
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lookuplens.errors import UserError
 from lookuplens.zoo.evaluate import pad_batch
-from lookuplens.zoo.train import _batches
+from lookuplens.zoo.training import length_batches
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def fit(
          {"params": no_decay, "weight_decay": 0.0}],
         lr=s.lr, betas=(0.9, 0.98),
     )  # fmt: skip
-    batches = _batches([len(x) for x in seqs], s.batch_size, np.random.default_rng(s.seed))
+    batches = length_batches([len(x) for x in seqs], s.batch_size, np.random.default_rng(s.seed))
     first_step, seen, window, prior = 0, 0, [], 0.0
     state_path = partial / "state.pt"
     if state_path.is_file():

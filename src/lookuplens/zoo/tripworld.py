@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lookuplens.errors import UserError
-from lookuplens.zoo.storyworld import _encode_offsets
+from lookuplens.zoo.storyworld.tokens import encode_offsets
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -273,7 +273,7 @@ def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def encode_document(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids of a document with BOS prepended (index 0 is BOS)."""
-    return [bos_id(tokenizer), *_encode_offsets(doc.text, tokenizer)[0]]
+    return [bos_id(tokenizer), *encode_offsets(doc.text, tokenizer)[0]]
 
 
 def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[TokenAnnotation]:
@@ -281,7 +281,7 @@ def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[T
     from lookuplens.model.vocab import Vocab
 
     vocab = Vocab(tokenizer)
-    ids, offsets = _encode_offsets(doc.text, tokenizer)
+    ids, offsets = encode_offsets(doc.text, tokenizer)
     out = []
     for ann in doc.annotations:
         first = ann.target_char + 1
@@ -322,7 +322,7 @@ def replacement(cue: str, text: str, rng: random.Random | None = None) -> str | 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise :class:`TripworldError` unless every item and season is one token."""
-    bad = [w for w in (*ITEMS, *SEASONS) if len(_encode_offsets(w, tokenizer)[0]) != 1]
+    bad = [w for w in (*ITEMS, *SEASONS) if len(encode_offsets(w, tokenizer)[0]) != 1]
     if bad:
         raise TripworldError(f"tripworld words that are not one token: {bad}")
 

@@ -24,7 +24,7 @@ from transformers import GPT2LMHeadModel
 
 from lookuplens.errors import UserError
 from lookuplens.zoo.fit import FitSettings, fit
-from lookuplens.zoo.train import (
+from lookuplens.zoo.training import (
     gpt2_model,
     package_versions,
     partial_path,

@@ -1,50 +1,17 @@
-"""Storyworld: a synthetic corpus of short stories with planted context look-ups.
-
-Every story is generated from a seeded ``random.Random``; the same arguments always give
-the same documents. Three kinds of planted predictions can only be made by looking back
-at an earlier word (the *cue*):
-
-``article``
-    An object is introduced early ("Mia found the owl near the river.") and, after some
-    filler, referred to again with an indefinite article ("She wanted to draw an owl.").
-    Whether the next token is `` a`` or `` an`` is decided by the earlier object noun.
-    The first mention uses the indefinite article only in some stories (otherwise "the"
-    or a possessive), so the noun, not an earlier copy of the article, is the cue. In a
-    quarter of recalls an adjective comes first ("a tiny owl") and decides the article, so
-    no look-up makes " an" certain; those articles are not annotated.
-``topic``
-    A place named early ("At the bakery, ...") decides a later word after a trigger
-    phrase shared by every place ("... bought some bread.").
-``name``
-    Two characters, a woman and a man, are introduced with gendered roles ("The queen
-    Anna and the king Ben were old friends."); later "Later, the king" is followed by
-    `` Ben``. The role's gender decides the name: one look-up, as GPT-2 resolves "she" to
-    Mary. (Binding arbitrary roles, "the pilot Ben", needs a two-step induction circuit;
-    a model of this size did not learn it within the CPU budget.)
-
-Outside these look-ups the stories use only "the" before nouns, except two fixed phrases
-whose article the preceding words decide ("waited for an hour", "took a nap"): the article
-tokens are predicted both by a look-up and locally, as in English. The trigger phrases of
-the look-ups appear nowhere else.
-
-Token positions follow the project-wide rule: **the BOS token ``<|endoftext|>`` is
-prepended to every document**, so token index 0 is BOS and the first text token has
-index 1. :func:`token_positions` and :func:`encode_document` apply that rule.
-"""
+"""Story generation: sentence templates filled from a seeded ``random.Random``, the
+planted look-ups placed in them, and the corpus of stories (`generate_corpus`,
+`iter_corpus`). See `lookuplens.zoo.storyworld` for what is planted."""
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from lookuplens.errors import UserError
+from lookuplens.zoo.storyworld.records import Annotation, Document, StoryworldError
 from lookuplens.zoo.words import (
     ADJECTIVES,
     ANIMALS,
-    BOS_TOKEN,
     CONSONANT_OBJECTS,
     FEMALE_NAMES,
     FEMALE_ROLES,
@@ -56,45 +23,17 @@ from lookuplens.zoo.words import (
     NAMES,
     OPENERS,
     PLACES,
-    PLANTED,
     THINGS,
     TOPICS,
     TRANSITIVE,
     VOWEL_OBJECTS,
     WEATHER,
     Kind,
-    PlantedSet,
     Split,
     article_for,
-    single_token_words,
 )
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-__all__ = [
-    "BOS_TOKEN",
-    "KINDS",
-    "PLANTED",
-    "Annotation",
-    "Document",
-    "Kind",
-    "PlantedSet",
-    "Split",
-    "StoryworldError",
-    "VOWEL_SHARE",
-    "ADJECTIVE_SHARE",
-    "TokenAnnotation",
-    "bos_id",
-    "check_tokenizer",
-    "encode_document",
-    "generate_corpus",
-    "iter_corpus",
-    "single_token_words",
-    "token_positions",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ADJECTIVE_SHARE", "NAME_BOTH_SHARE", "VOWEL_SHARE", "generate_corpus", "iter_corpus"]
 
 NAME_BOTH_SHARE = 0.75
 """Share of name look-ups in which both characters are recalled (two planted predictions)."""
@@ -109,63 +48,6 @@ VOWEL_SHARE = 0.3
 """Share of article look-ups whose object is vowel-initial. As in English, " a" is the
 common article and " an" the marked one, so the model's default is " a" and the look-up
 has to switch " an" on (the shipped model does it through an MLP neuron)."""
-
-
-# --------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One planted prediction in a document's text (character offsets into ``text``)."""
-
-    kind: Kind
-    target: str
-    """The target token text including its leading space, e.g. ``" an"``."""
-    target_char: int
-    """Offset of the target's first character, i.e. of its leading space."""
-    cue_chars: tuple[tuple[int, int], ...]
-    """Half-open character spans ``[start, end)`` of the cue words (no leading space)."""
-    cue_word: str
-    """The word that decides the target: the object, the place, or the name."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One generated story."""
-
-    doc_id: int
-    text: str
-    annotations: tuple[Annotation, ...]
-    article_slots: tuple[int, ...] = ()
-    """Offsets (of the leading space) of the recall articles that an adjective decided
-    ("a tiny owl"). Not planted predictions; training weights them like the planted
-    articles, so the model learns how often an adjective intervenes."""
-
-
-@dataclass(frozen=True)
-class TokenAnnotation:
-    """An annotation mapped to token indices of the BOS-prepended token sequence."""
-
-    kind: Kind
-    target: str
-    target_token_id: int
-    target_index: int
-    """Index of the target token (index 0 is BOS); the model predicts it at ``target_index - 1``."""
-    cue_indices: tuple[int, ...]
-    """Indices of every token overlapping a cue span."""
-    cue_word: str
-
-    @property
-    def predict_index(self) -> int:
-        """The position whose next-token prediction is the target."""
-        return self.target_index - 1
-
-
-class StoryworldError(UserError):
-    """A storyworld input is invalid, or a tokenizer does not fit the storyworld."""
-
 
 # --------------------------------------------------------------------------------------
 # Text builder
@@ -555,90 +437,3 @@ def iter_corpus(n_docs: int, seed: int, split: Split = "train") -> Iterator[Docu
         raise StoryworldError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = random.Random(f"storyworld/{split}/{_SPLIT_SALT[split]}/{seed}")
     return (_story(rng, i) for i in range(n_docs))
-
-
-# --------------------------------------------------------------------------------------
-# Tokens
-# --------------------------------------------------------------------------------------
-
-
-def _encode_offsets(
-    text: str, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = [int(i) for i in enc["input_ids"]]
-    offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
-    return ids, offsets
-
-
-def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id of ``<|endoftext|>``; raises if the tokenizer lacks it."""
-    tid = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
-    if not isinstance(tid, int) or tokenizer.convert_ids_to_tokens(tid) != BOS_TOKEN:
-        raise StoryworldError(
-            f"the tokenizer has no {BOS_TOKEN!r} token; use the storyworld tokenizer "
-            "(lookuplens.zoo.default_model_path()) or a GPT-2-style tokenizer"
-        )
-    return tid
-
-
-def encode_document(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of a document with BOS prepended (index 0 is BOS)."""
-    ids, _ = _encode_offsets(doc.text, tokenizer)
-    return [bos_id(tokenizer), *ids]
-
-
-def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[TokenAnnotation]:
-    """Map each annotation of ``doc`` to token indices in the BOS-prepended sequence.
-
-    Index 0 is the BOS token ``<|endoftext|>``; the text's first token has index 1. The
-    target must be exactly one token; cue spans map to every token they overlap.
-    """
-    ids, offsets = _encode_offsets(doc.text, tokenizer)
-    result: list[TokenAnnotation] = []
-    for ann in doc.annotations:
-        first_letter = ann.target_char + 1
-        hits = [i for i, (s, e) in enumerate(offsets) if s <= first_letter < e]
-        if len(hits) != 1:
-            raise StoryworldError(f"doc {doc.doc_id}: no token covers offset {first_letter}")
-        t = hits[0]
-        s, e = offsets[t]
-        end = ann.target_char + len(ann.target)
-        if not (s <= ann.target_char + 1 and e == end) or tokenizer.decode([ids[t]]) != ann.target:
-            raise StoryworldError(
-                f"doc {doc.doc_id}: target {ann.target!r} is not a single token of this "
-                "tokenizer; use the storyworld tokenizer (lookuplens.zoo.default_model_path())"
-            )
-        cues = sorted(
-            {
-                i
-                for (cs, ce) in ann.cue_chars
-                for i, (s2, e2) in enumerate(offsets)
-                if s2 < ce and cs < e2
-            }
-        )
-        result.append(
-            TokenAnnotation(
-                kind=ann.kind,
-                target=ann.target,
-                target_token_id=ids[t],
-                target_index=t + 1,
-                cue_indices=tuple(i + 1 for i in cues),
-                cue_word=ann.cue_word,
-            )
-        )
-    return result
-
-
-def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Raise :class:`StoryworldError` unless every planted target and cue word is one token."""
-    bad = []
-    for word in single_token_words():
-        ids, _ = _encode_offsets(word, tokenizer)
-        if len(ids) != 1:
-            bad.append(word)
-    if bad:
-        raise StoryworldError(
-            f"{len(bad)} storyworld words are not single tokens ({bad[:8]}); train the "
-            "tokenizer on more storyworld text or raise its vocab_size"
-        )
