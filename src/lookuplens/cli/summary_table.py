@@ -48,7 +48,7 @@ def print_summary(run: Any) -> None:
             for r in f.head(3).itertuples()
         )
         out.print(
-            f"{len(f)} headline findings (next-token neuron, head, cue) pass the source-swap "
+            f"{len(f)} headline findings (next-token neuron, head, cue) pass the cue-swap "
             "test" + (f": {shown}" if shown else ""),
             highlight=False,
         )
