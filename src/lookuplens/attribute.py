@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from lookuplens.choices import check_choices
-from lookuplens.model import HookFn, LoadedModel, hook_name
+from lookuplens.model import HookFn, LoadedModel, hook_name, pad_right
 from lookuplens.store import ShardStore
 
 log = logging.getLogger(__name__)
@@ -242,18 +242,6 @@ class _Batch:
     pos: Tensor  # [B]
 
 
-def _pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def neuron_act(lm: LoadedModel, layer: int, x_normed_pre: Tensor, neurons: Tensor) -> Tensor:
     """Post-activation of `neurons[i]` given the MLP norm's output rows ``[n, d]``."""
     w_in = lm.W_in(layer)[neurons]  # [n, d]
@@ -279,7 +267,7 @@ def head_means(
     sums: dict[int, Tensor] = {}
     count = 0
     for j in range(0, len(prompts), batch):
-        ids, mask = _pad(lm, prompts[j : j + batch])
+        ids, mask = pad_right(lm, prompts[j : j + batch])
         names = [hook_name(l_, "attn.hook_z") for l_ in range(max_layer + 1)]
         _, cache = lm.run_with_cache(ids, names, attention_mask=mask, stop_after_layer=max_layer)
         m = mask.bool()
@@ -504,7 +492,7 @@ def plan_batches(
 def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
     """The `attributions` rows of one batch: every method, example and upstream head."""
     lm, cfg, layer = att.lm, att.cfg, eb.layer
-    ids, mask = _pad(lm, [list(t) for t in eb.tokens])
+    ids, mask = pad_right(lm, [list(t) for t in eb.tokens])
     batch = _Batch(
         example_ids=eb.example_ids,
         layer=layer,

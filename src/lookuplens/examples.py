@@ -33,7 +33,7 @@ from torch import Tensor
 from lookuplens.attribute import frozen_norm_direction, mlp_stream_point, neuron_act
 from lookuplens.choices import check_choices
 from lookuplens.corpus import CorpusSpec, iter_tokenized
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import LoadedModel, hook_name, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,6 @@ def activation_and_heads_at(
     order: np.ndarray | list[int] = (
         np.lexsort(([len(p) for p in prompts], layer_of)) if len(prompts) else []
     )
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
     start = 0
     while start < len(order):
         layer = layer_of[order[start]]
@@ -145,12 +143,7 @@ def activation_and_heads_at(
         ):
             stop += 1
         rows = order[start:stop]
-        width = max(len(prompts[r]) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(prompts[r])] = torch.tensor(prompts[r])
-            mask[i, : len(prompts[r])] = 1
+        ids, mask = pad_right(lm, [prompts[r] for r in rows])
         last = torch.tensor([len(prompts[r]) - 1 for r in rows])
         cols = torch.tensor([int(neurons[r][1]) for r in rows])
         point = mlp_stream_point(lm, layer)

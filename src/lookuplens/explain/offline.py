@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lookuplens.explain.base import (
     Env,
@@ -47,7 +46,7 @@ from lookuplens.explain.features import (
 )
 from lookuplens.explain.lookup import LookupScores
 from lookuplens.explain.metrics import best_threshold
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import LoadedModel, hook_name, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,6 @@ def last_token_attention(
     positions (BOS included); one array of length ``len(prompt)`` per prompt."""
     out: list[np.ndarray] = [np.empty(0)] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
     name = hook_name(layer, "attn.hook_pattern")
     start = 0
     while start < len(order):
@@ -75,12 +72,7 @@ def last_token_attention(
         while stop < len(order) and len(prompts[order[stop]]) * (stop - start + 1) <= batch_tokens:
             stop += 1
         rows = order[start:stop]
-        width = max(len(prompts[r]) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(prompts[r])] = torch.tensor(list(prompts[r]), dtype=torch.long)
-            mask[i, : len(prompts[r])] = 1
+        ids, mask = pad_right(lm, [prompts[r] for r in rows])
         _, cache = lm.run_with_cache(ids, [name], attention_mask=mask, stop_after_layer=layer)
         pattern = cache[name]
         for i, r in enumerate(rows):

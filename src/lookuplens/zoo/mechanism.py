@@ -19,7 +19,8 @@ from torch import Tensor
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from lookuplens.zoo.evaluate import EncodedDocument, encode_documents, pad_batch
+from lookuplens.model.padding import pad_rows
+from lookuplens.zoo.evaluate import EncodedDocument, encode_documents
 from lookuplens.zoo.storyworld import Document, Kind, bos_id
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def find_mechanism(
         with _capture(model) as store:
             for s in range(0, len(encoded), batch_size):
                 batch = encoded[s : s + batch_size]
-                ids, mask = pad_batch([e.ids for e in batch], pad)
+                ids, mask = pad_rows([e.ids for e in batch], pad, torch.bool)
                 out = model(input_ids=ids, attention_mask=mask.long(), output_attentions=True)
                 special = torch.zeros_like(mask)
                 for b, e in enumerate(batch):

@@ -31,8 +31,9 @@ from transformers import (  # type: ignore[attr-defined]
 )
 
 from lookuplens.errors import UserError
+from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.card import write_model_card
-from lookuplens.zoo.evaluate import Evaluation, evaluate, pad_batch
+from lookuplens.zoo.evaluate import Evaluation, evaluate
 from lookuplens.zoo.mechanism import (
     HeadFinding,
     NeuronFinding,
@@ -445,7 +446,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         idx = next(batches)
-        ids, mask = pad_batch([seqs[i] for i in idx], bos)
+        ids, mask = pad_rows([seqs[i] for i in idx], bos, torch.bool)
         mlp_acts.clear()
         logits = model(input_ids=ids, attention_mask=mask.long()).logits
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
