@@ -21,8 +21,8 @@ from lookuplens.zoo.storyworld import (
     Document,
     Kind,
     TokenAnnotation,
-    bos_id,
     encode_document,
+    endoftext_id,
     token_positions,
 )
 
@@ -104,7 +104,7 @@ def evaluate(
     """Top-1 accuracy at every planted target and the mean loss on all other tokens."""
     was_training = model.training
     model.eval()
-    pad = bos_id(tokenizer)
+    pad = endoftext_id(tokenizer)
     max_len = int(getattr(model.config, "n_positions", 0) or 0) or None
     encoded = encode_documents(docs, tokenizer, max_len)
     correct = dict.fromkeys(KINDS, 0)

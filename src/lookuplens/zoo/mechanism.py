@@ -21,7 +21,7 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.evaluate import EncodedDocument, encode_documents
-from lookuplens.zoo.storyworld import Document, Kind, bos_id
+from lookuplens.zoo.storyworld import Document, Kind, endoftext_id
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def find_mechanism(
             )
 
     encoded: list[EncodedDocument] = encode_documents(docs, tokenizer, cfg.n_positions)
-    pad = bos_id(tokenizer)
+    pad = endoftext_id(tokenizer)
     acts_t: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
     acts_o: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
     tops: dict[tuple[int, int], int] = {(lay, n): 0 for lay, n, *_ in candidates}
