@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lookuplens.examples.reads import last_token_attention
 from lookuplens.explain.base import (
     Env,
     ExplanationResult,
@@ -46,40 +47,11 @@ from lookuplens.explain.features import (
 )
 from lookuplens.explain.lookup import LookupScores
 from lookuplens.explain.metrics import best_threshold
-from lookuplens.model import LoadedModel, hook_name, pad_right
 
 log = logging.getLogger(__name__)
 
 FEATURES_SCHEMA = 1
 _WORD = r"[\w'\u2019-]*"
-
-
-def last_token_attention(
-    lm: LoadedModel,
-    prompts: Sequence[Sequence[int]],
-    layer: int,
-    head: int,
-    batch_tokens: int = 8192,
-) -> list[np.ndarray]:
-    """Head (layer, head)'s attention from the last position of each prompt over all its
-    positions (BOS included); one array of length ``len(prompt)`` per prompt."""
-    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    name = hook_name(layer, "attn.hook_pattern")
-    start = 0
-    while start < len(order):
-        stop = start + 1
-        while stop < len(order) and len(prompts[order[stop]]) * (stop - start + 1) <= batch_tokens:
-            stop += 1
-        rows = order[start:stop]
-        ids, mask = pad_right(lm, [prompts[r] for r in rows])
-        _, cache = lm.run_with_cache(ids, [name], attention_mask=mask, stop_after_layer=layer)
-        pattern = cache[name]
-        for i, r in enumerate(rows):
-            n = len(prompts[r])
-            out[r] = pattern[i, head, n - 1, :n].double().cpu().numpy()
-        start = stop
-    return out
 
 
 @dataclass(frozen=True)
