@@ -29,9 +29,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    from lookuplens.attribute import AttributeConfig, _pad, attribute_examples
+    from lookuplens.attribute import AttributeConfig, attribute_examples
     from lookuplens.corpus import CorpusSpec, iter_tokenized
-    from lookuplens.model import hook_name, load_model
+    from lookuplens.model import hook_name, load_model, pad_right
 
     n = 16 if args.quick else 48
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +52,7 @@ def main() -> None:
                 "tokens": prompts,
             }
         )
-        ids, mask = _pad(lm, prompts)
+        ids, mask = pad_right(lm, prompts)
         tokens = int(mask.sum())
         print(f"{len(prompts)} prompts, {tokens} tokens, neurons in layers 9-11")
 

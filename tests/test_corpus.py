@@ -23,9 +23,9 @@ from lookuplens.corpus import (
     CorpusHasher,
     CorpusSpec,
     TokenizedDoc,
-    bos_id,
     corpus_fingerprint,
     corpus_meta,
+    document_prefix_id,
     iter_documents,
     iter_tokenized,
     make_batches,
@@ -281,7 +281,7 @@ def test_spec_validation(kwargs: dict[str, object], match: str) -> None:
 
 
 def test_bos_rule_and_truncation(tokenizer: PreTrainedTokenizerFast) -> None:
-    assert bos_id(tokenizer) == tokenizer.bos_token_id == 0
+    assert document_prefix_id(tokenizer) == tokenizer.bos_token_id == 0
     plain = tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"]
     (full,) = tokenize(["the cat sat on the mat"], tokenizer, None)
     assert full.dtype == np.int64
@@ -296,14 +296,14 @@ def test_eos_used_when_no_bos() -> None:
         tokenizer_object=_train(["<|endoftext|>"]), eos_token="<|endoftext|>"
     )
     assert tok.bos_token_id is None
-    assert bos_id(tok) == 0
+    assert document_prefix_id(tok) == 0
     assert tokenize(["a dog"], tok, None)[0][0] == 0
 
 
 def test_no_bos_no_eos_prepends_nothing_and_logs(
     bare_tokenizer: PreTrainedTokenizerFast, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert bos_id(bare_tokenizer) is None
+    assert document_prefix_id(bare_tokenizer) is None
     plain = bare_tokenizer("a dog ran", add_special_tokens=False)["input_ids"]
     with caplog.at_level(logging.WARNING, logger="lookuplens.corpus"):
         (arr,) = tokenize(["a dog ran"], bare_tokenizer, 2)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lookuplens.errors import UserError
 from lookuplens.model import LoadedModel, hook_name, load_model
-from lookuplens.why import WhyConfig, explain_prediction
+from lookuplens.why import WhyConfig, explain_prediction, text_token_ids
 from lookuplens.why_html import render_why
 
 
@@ -35,7 +35,7 @@ def test_contributions_sum_to_the_logit(lm: LoadedModel, contrast: str | None) -
     assert r.position == full.position - 1 == len(r.tokens) - 1  # -2: one before the end
     for a in r.ablations:
         assert 0 <= a.prob_after <= 1
-    page = render_why(r)
+    page = render_why(r, text_token_ids(lm, "She bought an apple at the"))
     assert "<script" not in page and r.neurons[0].name in page
 
 

@@ -32,8 +32,7 @@ import pandas as pd
 import torch
 
 from lookuplens.corpus import CorpusSpec, iter_tokenized, make_batches
-from lookuplens.model import LoadedModel, hook_name
-from lookuplens.scan import pad_id
+from lookuplens.model import LoadedModel, hook_name, pad_id
 
 log = logging.getLogger(__name__)
 

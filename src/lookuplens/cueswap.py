@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lookuplens.attribute import _pad, upstream_layers
+from lookuplens.attribute import upstream_layers
 from lookuplens.interventions import Row, forward, head_edit
-from lookuplens.model import HookFn, LoadedModel, hook_name
+from lookuplens.model import HookFn, LoadedModel, hook_name, pad_right
 
 
 class SlotIndex:
@@ -165,7 +165,7 @@ def cue_swaps(
 
 def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int) -> _Clean:
     """One forward and backward pass of the clean prompts (see `_Clean`)."""
-    ids, mask = _pad(lm, [r.tokens for r in rows])
+    ids, mask = pad_right(lm, [r.tokens for r in rows])
     pos = mask.sum(1) - 1
     cols = torch.tensor([r.neuron for r in rows])
     layers = upstream_layers(lm, layer)
@@ -279,7 +279,7 @@ def _run_swaps(lm: LoadedModel, cues: list[Cue], layer: int, batch_rows: int) ->
     order = sorted(cues, key=lambda c: len(c.row.tokens))
     for j in range(0, len(order), batch_rows):
         part = order[j : j + batch_rows]
-        ids, mask = _pad(lm, [c.tokens for c in part])
+        ids, mask = pad_right(lm, [c.tokens for c in part])
         _, cache = lm.run_with_cache(
             ids, [*names, post], attention_mask=mask, stop_after_layer=layer
         )

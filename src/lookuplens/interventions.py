@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lookuplens.attribute import _pad
-from lookuplens.model import HookFn, LayerCall, LoadedModel, hook_name
+from lookuplens.model import HookFn, LayerCall, LoadedModel, hook_name, pad_right
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def forward(
     With `calls` (the batch's recorded layer calls), only the layers from the rows' first
     neuron layer on are run again.
     """
-    ids, mask = _pad(lm, [r.tokens for r in rows])
+    ids, mask = pad_right(lm, [r.tokens for r in rows])
     pos = mask.sum(1) - 1
     acts = torch.empty(len(rows), dtype=torch.float64)
     by_layer: dict[int, list[int]] = {}

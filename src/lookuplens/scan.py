@@ -51,7 +51,7 @@ from lookuplens.corpus import (
     source_kind,
 )
 from lookuplens.errors import CorpusError
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import LoadedModel, hook_name, pad_id
 from lookuplens.store import ShardStore
 
 log = logging.getLogger(__name__)
@@ -314,12 +314,6 @@ def scan_shard(
         if on_batch is not None:
             on_batch(len(batch.doc_ids), batch.n_tokens)
     return _shard_table(reader.neurons, top, stats)
-
-
-def pad_id(lm: LoadedModel) -> int:
-    """The id used to pad batches (the tokenizer's pad, else BOS, else 0)."""
-    pad = lm.tokenizer.pad_token_id
-    return int(pad if pad is not None else (lm.bos_token_id or 0))
 
 
 def count_documents(spec: CorpusSpec) -> int | None:

@@ -49,13 +49,12 @@ from scipy import stats
 from torch import Tensor
 
 from lookuplens import cueswap
-from lookuplens.attribute import _pad
 from lookuplens.interventions import Row as _Row
 from lookuplens.interventions import forward as _forward
 from lookuplens.interventions import head_edit as _head_edit
 from lookuplens.interventions import kl as _kl
 from lookuplens.interventions import neuron_edit as _neuron_edit
-from lookuplens.model import LoadedModel
+from lookuplens.model import LoadedModel, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +178,7 @@ def verify_run(
     clean: dict[int, tuple[Tensor, float]] = {}
     for j in range(0, len(rows), cfg.batch_rows):
         part = rows[j : j + cfg.batch_rows]
-        ids, mask = _pad(lm, [r.tokens for r in part])
+        ids, mask = pad_right(lm, [r.tokens for r in part])
         calls, _ = lm.capture_layer_calls(ids, mask, lm.n_layers - 1)
         lp, act = _forward(lm, part, None, calls)
         for i, r in enumerate(part):

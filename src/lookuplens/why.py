@@ -186,6 +186,12 @@ def _final_direction(lm: LoadedModel, x: Tensor, w: Tensor) -> tuple[Tensor, flo
     return w_eff, const
 
 
+def text_token_ids(lm: LoadedModel, prompt: str) -> list[int]:
+    """The prompt's token ids after BOS, as `explain_prediction` numbers positions:
+    ``ids[i]`` is the token of `WhyResult.tokens` ``[i]`` (for the HTML's shading)."""
+    return [int(t) for t in lm.to_tokens(prompt, bos=False)[0].tolist()]
+
+
 def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResult:
     """Decompose, attribute and check one prediction (see the module docstring)."""
     if not prompt.strip():

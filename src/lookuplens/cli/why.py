@@ -69,9 +69,11 @@ def why_cmd(
     result = explain_prediction(lm, prompt, cfg)
     if html:
         from lookuplens.store import atomic_write_bytes
+        from lookuplens.why import text_token_ids
         from lookuplens.why_html import render_why
 
-        atomic_write_bytes(Path(html), render_why(result))
+        page = render_why(result, text_token_ids(lm, prompt))
+        atomic_write_bytes(Path(html), page)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

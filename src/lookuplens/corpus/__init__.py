@@ -25,7 +25,7 @@ from lookuplens.corpus.fingerprint import (
 from lookuplens.corpus.sources import iter_documents, source_kind
 from lookuplens.corpus.spec import Batch, CorpusSpec, Document, SourceKind, TokenizedDoc
 from lookuplens.corpus.tokenization import (
-    bos_id,
+    document_prefix_id,
     effective_max_context,
     iter_tokenized,
     tokenize,
@@ -39,9 +39,9 @@ __all__ = [
     "Document",
     "SourceKind",
     "TokenizedDoc",
-    "bos_id",
     "corpus_fingerprint",
     "corpus_meta",
+    "document_prefix_id",
     "effective_max_context",
     "iter_documents",
     "iter_tokenized",

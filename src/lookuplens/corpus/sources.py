@@ -65,7 +65,17 @@ _ACCEPTED = (
 )
 
 
-def _looks_like_path(source: str) -> bool:
+def _names_local_file(source: str) -> bool:
+    """Whether a corpus source that is not an existing file was meant as one (so a missing
+    file is reported as such, not looked up on the Hugging Face Hub as a dataset name).
+
+    A path prefix (``/``, ``./``, ``../``, ``~``, Windows ``.\\``, ``..\\``) or any
+    backslash, or a suffix of a data file (`_FILE_LIKE_SUFFIXES`). A slash alone does not
+    count: dataset names are ``org/name``. The rule differs from
+    `lookuplens.model.loading._names_local_dir`, because what is named differs: a corpus is
+    one file, told apart by its suffix, while a model is a folder, and hub model ids often
+    hold a dot (``Qwen/Qwen2.5-0.5B``), so a suffix there says nothing.
+    """
     if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in source:
         return True
     return Path(source).suffix.lower() in _FILE_LIKE_SUFFIXES
@@ -91,7 +101,7 @@ def source_kind(source: str) -> SourceKind:
                 f"lookuplens cannot read; convert it to {_ACCEPTED}"
             )
         return kind
-    if _looks_like_path(source):
+    if _names_local_file(source):
         raise CorpusError(
             f"corpus file {source} does not exist; pass an existing {_ACCEPTED}, "
             "'storyworld' for the bundled corpus, or a Hugging Face dataset name (hf:NAME)"

@@ -33,11 +33,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bos_id", "effective_max_context", "iter_tokenized", "tokenize"]
+__all__ = ["document_prefix_id", "effective_max_context", "iter_tokenized", "tokenize"]
 
 
-def bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
-    """The token prepended to every document: BOS, else EOS, else None."""
+def document_prefix_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The token prepended to every document: BOS, else EOS, else None (no prefix).
+
+    Never raises: a tokenizer without either gets documents with no prefix (compare
+    `lookuplens.zoo.storyworld.endoftext_id`, which requires ``<|endoftext|>``)."""
     for attr in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:
@@ -94,10 +97,11 @@ def tokenize(
 ) -> list[Int64[np.ndarray, " pos"]]:
     """Apply the tokenisation rule to each text (see this module's docstring).
 
-    Encodes without special tokens, prepends :func:`bos_id` (if any) and keeps the first
-    ``max_context`` tokens (BOS included; None keeps all). Returns read-only int64 arrays.
+    Encodes without special tokens, prepends :func:`document_prefix_id` (if any) and keeps
+    the first ``max_context`` tokens (BOS included; None keeps all). Returns read-only int64
+    arrays.
     """
-    bos = bos_id(tokenizer)
+    bos = document_prefix_id(tokenizer)
     if bos is None:
         _warn_no_bos(tokenizer)
     return _encode(texts, tokenizer, bos, max_context)
@@ -120,7 +124,7 @@ def iter_tokenized(
     if batch_docs < 1:
         raise ValueError(f"batch_docs must be at least 1, got {batch_docs}")
     limit = effective_max_context(spec.max_context, max_context)
-    bos = bos_id(tokenizer)
+    bos = document_prefix_id(tokenizer)
     if bos is None:
         _warn_no_bos(tokenizer)
     n_prefix = 0 if bos is None else 1

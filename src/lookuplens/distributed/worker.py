@@ -28,8 +28,8 @@ from lookuplens.attribute import (
     head_means,
 )
 from lookuplens.corpus import TokenizedDoc
-from lookuplens.model import LoadedModel, load_model
-from lookuplens.scan import NeuronReader, ScanConfig, bound_native_heap, pad_id, scan_shard
+from lookuplens.model import LoadedModel, load_model, pad_id
+from lookuplens.scan import NeuronReader, ScanConfig, bound_native_heap, scan_shard
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -9,6 +9,7 @@ from lookuplens.model.arch import (
 )
 from lookuplens.model.hooks import POINTS, HookFn, hook_name, parse_hook_name
 from lookuplens.model.loading import from_hf, load_model, resolve_device
+from lookuplens.model.padding import pad_id, pad_right, pad_rows
 
 __all__ = [
     "POINTS",
@@ -20,6 +21,9 @@ __all__ = [
     "from_hf",
     "hook_name",
     "load_model",
+    "pad_id",
+    "pad_right",
+    "pad_rows",
     "parse_hook_name",
     "register_architecture",
     "resolve_device",

@@ -73,7 +73,15 @@ def _missing_package_message(name: str, e: BaseException) -> str:
     return f"cannot load the tokenizer of {name!r}: {e}".splitlines()[0]
 
 
-def _looks_like_path(name: str) -> bool:
+def _names_local_dir(name: str) -> bool:
+    """Whether a model name that is not an existing folder was meant as one (so a missing
+    folder is reported as such, not looked up on the hub as a model id).
+
+    A leading ``.``, ``/`` or ``~``, a trailing separator, or a doubled one. Neither a slash
+    (hub ids are ``org/name``) nor a suffix (``Qwen/Qwen2.5-0.5B``) counts. The rule
+    differs from `lookuplens.corpus.sources._names_local_file`, which does count data-file
+    suffixes and backslashes: a corpus is one file, a model a folder.
+    """
     return (
         name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or os.sep + os.sep in name
     )
@@ -112,7 +120,7 @@ def load_model(
                 "written by save_pretrained, or a hub id such as gpt2"
             )
         source, local_only = str(path), True
-    elif _looks_like_path(name):
+    elif _names_local_dir(name):
         raise ModelLoadError(
             f"no model directory at {name}; pass an existing folder written by save_pretrained "
             "or a hub id such as gpt2"

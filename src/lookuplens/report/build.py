@@ -31,7 +31,7 @@ from lookuplens.report.details import (
 )
 from lookuplens.report.markup import Html, esc, note, table
 from lookuplens.report.overview import Figure, e_histogram_section, overview_section
-from lookuplens.report.tokens import TokenText, token_label
+from lookuplens.report.tokens import TokenText, token_label, token_pill
 from lookuplens.store import RunDir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -145,16 +145,14 @@ def findings_section(t: RunTables) -> Html:
     if f is None:
         return Html(head + note("No findings yet: run the verify stage.") + "</section>")
     if f.empty:
-        return Html(
-            head + note("No (neuron, head) pair passes the cue-swap test.") + "</section>"
-        )
+        return Html(head + note("No (neuron, head) pair passes the cue-swap test.") + "</section>")
     f = f.sort_values("baseline", kind="stable")
     rows = [
         [
             Html(
                 f'<a href="#{neuron_anchor(int(r.layer), int(r.neuron))}">L{r.layer}N{r.neuron}</a>'
             ),
-            Html(f'<span class="tokpill">{token_label(str(r.token))}</span>'),
+            token_pill(str(r.token)),
             f"L{r.head_layer}H{r.head}",
             str(r.cue),
             int(r.n_swapped),

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lookuplens.errors import UserError
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.model import LoadedModel, hook_name, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,6 @@ def check_model_matches(lm: LoadedModel, model_meta: object) -> None:
             )
 
 
-def _pad(lm: LoadedModel, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """Right-padded ids and attention mask (right padding keeps every real position)."""
-    width = max(len(r) for r in rows)
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else (lm.bos_token_id or 0)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def _batches(order: Sequence[int], size: int) -> list[list[int]]:
     return [list(order[i : i + size]) for i in range(0, len(order), size)]
 
@@ -93,7 +80,7 @@ def neuron_activations(
     for layer, idx in sorted(by_layer.items()):
         idx.sort(key=lambda i: len(prompts[i]))
         for part in _batches(idx, batch_prompts):
-            ids, mask = _pad(lm, [prompts[i] for i in part])
+            ids, mask = pad_right(lm, [prompts[i] for i in part])
             cols = torch.tensor([neurons[i][1] for i in part], dtype=torch.long)
             got: dict[str, Tensor] = {}
 
@@ -126,7 +113,7 @@ def last_position_attention(
     out: list[np.ndarray] = [np.empty(0)] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for part in _batches(order, batch_prompts):
-        ids, mask = _pad(lm, [prompts[i] for i in part])
+        ids, mask = pad_right(lm, [prompts[i] for i in part])
         last = mask.sum(dim=1) - 1
         got: dict[str, Tensor] = {}
 

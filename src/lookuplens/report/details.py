@@ -20,7 +20,7 @@ from lookuplens.report.data import (
     is_missing,
 )
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
-from lookuplens.report.tokens import TokenText, shaded_tokens, token_label
+from lookuplens.report.tokens import TokenText, shaded_tokens, token_label, token_pill
 
 __all__ = ["Lookup", "neuron_section", "pair_section"]
 
@@ -123,10 +123,6 @@ class Lookup:
 
 
 # ------------------------------------------------------------------------- pieces
-
-
-def _token_pill(text: str) -> Html:
-    return Html(f'<span class="tokpill">{token_label(text)}</span>')
 
 
 def _vocab_list(items: Sequence[tuple[int, float]], decode: TokenText) -> Html:
@@ -453,7 +449,7 @@ def neuron_section(
     mech = None if is_missing(mech) else str(mech)
     head = [
         f'<section class="card neuron" id="{neuron_anchor(*p.key)}">',
-        f"<h3>{p.name} {_token_pill(token)} <span class='badge {group}'>{group}</span>",
+        f"<h3>{p.name} {token_pill(token)} <span class='badge {group}'>{group}</span>",
     ]
     if mech:
         head.append(
@@ -498,7 +494,7 @@ def neuron_section(
     else:
         parts.append(
             '<p class="note">Top token '
-            + _token_pill(token)
+            + token_pill(token)
             + "; the promoted and suppressed tokens need the model.</p>"
         )
     parts.append("<h4>Top prompts</h4>")
@@ -544,7 +540,7 @@ def pair_section(
     parts = [
         f'<section class="card pair" id="{pair_anchor(*p.key)}">',
         f"<h3>L{p.head_layer}H{p.head} \u2192 {neuron_link}",
-        f" {_token_pill(token)}" if token else "",
+        f" {token_pill(token)}" if token else "",
     ]
     if p.e is not None:
         parts.append(f' <span class="badge score">E {esc(fmt(p.e))}</span>')

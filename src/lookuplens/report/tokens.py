@@ -13,7 +13,9 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-__all__ = ["TokenText", "shaded_tokens", "token_label", "visible"]
+from lookuplens.report.markup import Html
+
+__all__ = ["TokenText", "shaded_tokens", "token_label", "token_pill", "visible"]
 
 TokenText = Callable[[int], str]
 """Decodes one token id to its text."""
@@ -37,6 +39,12 @@ def visible(text: str) -> str:
 def token_label(text: str) -> str:
     """A token made visible and HTML-escaped, ready to insert into a page."""
     return html.escape(visible(text))
+
+
+def token_pill(text: object) -> Html:
+    """A token as a boxed label (``<span class="tokpill">``); None or "" shows as the
+    empty token."""
+    return Html(f'<span class="tokpill">{token_label(str(text or ""))}</span>')
 
 
 def _num(x: float) -> str:

@@ -1,6 +1,7 @@
 """HTML pieces the API returns next to its data, so the pages' script only inserts them:
 shaded prompts, vocabulary lists and the "why this token" tree. Built with the static
-report's helpers (escaping, token shading), so both look the same."""
+report's helpers (escaping, token shading), so both look the same; the "why" tree is
+`lookuplens.why_html.why_fragment`, which ``lookuplens why --html`` renders too."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lookuplens.report.markup import Html, esc, fmt, kv, table
+from lookuplens.report.markup import Html, esc, fmt
 from lookuplens.report.tokens import shaded_tokens, token_label
 from lookuplens.server.worker import TokenValues
-from lookuplens.why import WhyResult, curve_text
+from lookuplens.why import WhyResult
+from lookuplens.why_html import why_fragment
 
 __all__ = [
     "activation_prompts",
@@ -88,99 +90,18 @@ def vocab_html(vocab: dict[str, list[tuple[int, str, float]]]) -> Html:
     )
 
 
-def _pill(text: str) -> Html:
-    return Html(f"<span class='tokpill'>{token_label(text)}</span>")
-
-
 def why_html(
     result: WhyResult,
     ids: Sequence[int],
     known: Callable[[int, int], bool] = lambda _l, _n: False,
 ) -> Html:
-    """The `lookuplens why` tree: top neurons by direct contribution to the target's logit,
-    under each the heads that drive it with the tokens they attend to, then the
-    ablation check."""
-    r = result
-    what = f"<span class='tokpill'>{token_label(r.target)}</span>"
-    if r.contrast is not None:
-        what += f" vs <span class='tokpill'>{token_label(r.contrast)}</span>"
-    parts = [
-        f"<h3>Why {what} after position {r.position}?</h3>",
-        kv(
-            [
-                ("logit" + (" difference" if r.contrast else ""), r.logit),
-                ("probability", r.prob),
-                ("top prediction", _pill(r.top_prediction)),
-                ("all neurons together", r.neuron_total),
-            ]
-        ),
-    ]
-    shown = list(ids[: r.position + 1])
-    names = {int(i): t for i, t in zip(ids, r.tokens, strict=False)}
-    for nf in r.neurons:
-        href = (
-            f"/neurons/{nf.layer}/{nf.neuron}"
-            if known(nf.layer, nf.neuron)
-            else f"/playground?layer={nf.layer}&amp;neuron={nf.neuron}"
-        )
-        parts.append(
-            f'<div class="card why-neuron"><h4><a href="{href}">'
-            f"{esc(nf.name)}</a> contributes {esc(fmt(nf.contribution))} "
-            f"(activation {esc(fmt(nf.activation))}, top token "
-            f"<span class='tokpill'>{token_label(nf.top_token)}</span>)</h4>"
-        )
-        for h in nf.heads:
-            values = [0.0] * len(shown)
-            for s in h.sources:
-                if 0 <= s.position < len(values):
-                    values[s.position] = s.attention
-            top = max(values, default=0.0)
-            toks = shaded_tokens(
-                shown,
-                lambda t: names.get(int(t), "?"),
-                values,
-                top if top > 0 else 1.0,
-                "attn",
-                "attention",
-            )
-            parts.append(
-                f'<div class="prompt"><div class="pmeta"><b>{esc(h.name)}</b> direct '
-                f"{esc(fmt(h.direct))}, zero ablation removes {esc(fmt(h.zero_ablation))}; "
-                f"shaded: the {len(h.sources)} tokens it attends to most (hover for the "
-                "weight)</div>"
-                f'<div class="toks">{toks}</div></div>'
-            )
-        if not nf.heads:
-            parts.append('<p class="note">No upstream heads (an embedding-layer neuron).</p>')
-        parts.append("</div>")
-    if r.ablations:
-        rows: list[list[object]] = [
-            [
-                a.what,
-                a.prob_before,
-                a.prob_after,
-                Html(f"<span class='tokpill'>{token_label(a.top_before)}</span>"),
-                Html(f"<span class='tokpill'>{token_label(a.top_after)}</span>"),
-            ]
-            for a in r.ablations
-        ]
-        parts.append("<h4>Causal check</h4>")
-        parts.append(
-            table(["ablation", "p before", "p after", "top before", "top after"], rows, digits=4)
-        )
-    if r.curve:
-        parts.append(
-            '<p class="note">p with the top <i>k</i> ranked neurons zeroed: '
-            f"{esc(curve_text(r.curve))}</p>"
-        )
-    if r.carrying:
-        parts.append(
-            f'<p class="note">The {len(r.carrying)} neurons that carry it (zeroed together '
-            "they bring p to the share above): "
-            + ", ".join(
-                f"{esc(n.name)} <span class='tokpill'>{token_label(n.top_token)}</span>"
-                for n in r.carrying
-            )
-            + "</p>"
-        )
-    return Html("".join(parts))
+    """The `lookuplens why` tree (`lookuplens.why_html.why_fragment`, the renderer of
+    ``lookuplens why --html`` too), each neuron linked to its page when the run has it
+    (`known`), else to the playground."""
+
+    def href(layer: int, neuron: int) -> str:
+        if known(layer, neuron):
+            return f"/neurons/{layer}/{neuron}"
+        return f"/playground?layer={layer}&amp;neuron={neuron}"
+
+    return why_fragment(result, ids, href)

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from lookuplens.report.data import finite
 from lookuplens.report.details import NO_HEAD, effects_table, explanations_block
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
-from lookuplens.report.tokens import token_label
+from lookuplens.report.tokens import token_pill
 from lookuplens.server.data import NEURON_SORTS, PAIR_SORTS, RunData
 from lookuplens.server.records import Page
 
@@ -36,10 +36,6 @@ _METHOD_LABELS = {
 def asset(name: str) -> str:
     """A file shipped in ``lookuplens/server/assets/`` (package data)."""
     return resources.files("lookuplens.server").joinpath("assets", name).read_text("utf-8")
-
-
-def _pill(text: object) -> Html:
-    return Html(f'<span class="tokpill">{token_label(str(text or ""))}</span>')
 
 
 def layout(data: RunData, title: str, body: str, page: str) -> str:
@@ -155,7 +151,7 @@ def neuron_table(data: RunData, page: Page, params: Mapping[str, object]) -> Htm
         rows.append(
             [
                 link,
-                _pill(r["token"]),
+                token_pill(r["token"]),
                 Html(f'<span class="badge {esc(r["group"])}">{esc(r["group"])}</span>'),
                 r["congruence"],
                 r["congruence_z"],
@@ -219,7 +215,7 @@ def pair_table(data: RunData, page: Page, params: Mapping[str, object]) -> Html:
         rows.append(
             [
                 link,
-                _pill(r["token"]),
+                token_pill(r["token"]),
                 r["active_rate"],
                 r["mean_direct"],
                 r["ks_stat"],
@@ -362,7 +358,7 @@ def neuron_page(data: RunData, layer: int, neuron: int) -> str:
     assert isinstance(s, dict) and isinstance(info, dict) and isinstance(stats, dict)
     group = str(s.get("group"))
     head = [
-        f'<header class="top"><h1>L{layer}N{neuron} {_pill(s.get("token"))} '
+        f'<header class="top"><h1>L{layer}N{neuron} {token_pill(s.get("token"))} '
         f'<span class="badge {esc(group)}">{esc(group)}</span>'
     ]
     if s.get("mechanism"):
@@ -439,7 +435,7 @@ def pair_page(data: RunData, layer: int, neuron: int, head_layer: int, head: int
     title = f"L{head_layer}H{head} \u2192 L{layer}N{neuron}"
     head_html = [
         f'<header class="top"><h1>L{head_layer}H{head} \u2192 '
-        f'<a href="/neurons/{layer}/{neuron}">L{layer}N{neuron}</a> {_pill(s.get("token"))}'
+        f'<a href="/neurons/{layer}/{neuron}">L{layer}N{neuron}</a> {token_pill(s.get("token"))}'
     ]
     if d["e"] is not None:
         head_html.append(f' <span class="badge score">E {esc(fmt(d["e"]))}</span>')

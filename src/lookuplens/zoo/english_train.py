@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.english import SOURCES, Document, documents
-from lookuplens.zoo.evaluate import pad_batch
 from lookuplens.zoo.fit import FitSettings, fit
 from lookuplens.zoo.training import (
     gpt2_model,
@@ -160,7 +160,7 @@ def evaluate(
     with torch.no_grad():
         for s in range(0, len(seqs), 32):
             batch = [list(x) for x in seqs[s : s + 32]]
-            ids, mask = pad_batch(batch, bos)
+            ids, mask = pad_rows(batch, bos, torch.bool)
             logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
             ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
             m = mask[:, 1:]

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.storyworld import (
     KINDS,
     Document,
     Kind,
     TokenAnnotation,
-    bos_id,
     encode_document,
+    endoftext_id,
     token_positions,
 )
 
@@ -87,17 +88,6 @@ def encode_documents(
     return out
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists; returns (ids, mask) as [batch, pos] tensors."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = True
-    return ids, mask
-
-
 def _batches(items: Sequence[EncodedDocument], size: int) -> Iterator[list[EncodedDocument]]:
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
     for s in range(0, len(order), size):
@@ -114,7 +104,7 @@ def evaluate(
     """Top-1 accuracy at every planted target and the mean loss on all other tokens."""
     was_training = model.training
     model.eval()
-    pad = bos_id(tokenizer)
+    pad = endoftext_id(tokenizer)
     max_len = int(getattr(model.config, "n_positions", 0) or 0) or None
     encoded = encode_documents(docs, tokenizer, max_len)
     correct = dict.fromkeys(KINDS, 0)
@@ -123,7 +113,7 @@ def evaluate(
     loss_sum, loss_n = 0.0, 0
     try:
         for batch in _batches(encoded, batch_size):
-            ids, mask = pad_batch([e.ids for e in batch], pad)
+            ids, mask = pad_rows([e.ids for e in batch], pad, torch.bool)
             logits = model(input_ids=ids, attention_mask=mask.long()).logits.float()
             # Next-token loss on every real position; planted targets are excluded below.
             labels = ids[:, 1:].clone()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lookuplens.errors import UserError
-from lookuplens.zoo.evaluate import pad_batch
+from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.training import length_batches
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def fit(
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, s)
             idx = next(batches)
-            ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+            ids, mask = pad_rows([seqs[i] for i in idx], pad_id, torch.bool)
             acts.clear()
             logits = model(input_ids=ids, attention_mask=mask.long()).logits
             ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")

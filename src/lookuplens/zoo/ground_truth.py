@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lookuplens.attribute import _pad, upstream_layers
-from lookuplens.model import LoadedModel, hook_name
+from lookuplens.attribute import upstream_layers
+from lookuplens.model import LoadedModel, hook_name, pad_right
 from lookuplens.store import RunDir
 from lookuplens.zoo import storyworld, tripworld
 from lookuplens.zoo.storyworld import PLANTED
@@ -273,7 +273,7 @@ def causal_truth(
             _, act = _forward(lm, [_Row(k, n[0], n[1], swaps[k].tokens, 0) for k, n in need], None)
             for (k, n), a in zip(need, act.tolist(), strict=True):
                 clean[(k, *n)] = float(a)
-        ids, mask = _pad(lm, [swaps[k].swapped for k, _, _ in part_j])
+        ids, mask = pad_right(lm, [swaps[k].swapped for k, _, _ in part_j])
         hls = sorted({h[0] for _, _, h in part_j})
         names = {hl: hook_name(hl, "attn.hook_z") for hl in hls}
         _, donor = lm.run_with_cache(
@@ -295,8 +295,8 @@ def causal_truth(
         if len(kept) >= cfg.min_annotations:
             fired[key] = kept
     firing: dict[tuple[int, int], list[float]] = {}
-    for (_k, *nrn), a in clean.items():
-        firing.setdefault((nrn[0], nrn[1]), []).append(a)
+    for (_k, layer, neuron), a in clean.items():
+        firing.setdefault((layer, neuron), []).append(a)
     n_firing = {key: int(sum(a > floor[key] for a in v)) for key, v in firing.items()}
     share = {key: _ratio_of_means(v) for key, v in fired.items()}
     return {

@@ -19,8 +19,9 @@ from torch import Tensor
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from lookuplens.zoo.evaluate import EncodedDocument, encode_documents, pad_batch
-from lookuplens.zoo.storyworld import Document, Kind, bos_id
+from lookuplens.model.padding import pad_rows
+from lookuplens.zoo.evaluate import EncodedDocument, encode_documents
+from lookuplens.zoo.storyworld import Document, Kind, endoftext_id
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def find_mechanism(
             )
 
     encoded: list[EncodedDocument] = encode_documents(docs, tokenizer, cfg.n_positions)
-    pad = bos_id(tokenizer)
+    pad = endoftext_id(tokenizer)
     acts_t: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
     acts_o: dict[tuple[int, int], list[float]] = {(lay, n): [] for lay, n, *_ in candidates}
     tops: dict[tuple[int, int], int] = {(lay, n): 0 for lay, n, *_ in candidates}
@@ -242,7 +243,7 @@ def find_mechanism(
         with _capture(model) as store:
             for s in range(0, len(encoded), batch_size):
                 batch = encoded[s : s + batch_size]
-                ids, mask = pad_batch([e.ids for e in batch], pad)
+                ids, mask = pad_rows([e.ids for e in batch], pad, torch.bool)
                 out = model(input_ids=ids, attention_mask=mask.long(), output_attentions=True)
                 special = torch.zeros_like(mask)
                 for b, e in enumerate(batch):

@@ -31,8 +31,9 @@ from transformers import (  # type: ignore[attr-defined]
 )
 
 from lookuplens.errors import UserError
+from lookuplens.model.padding import pad_rows
 from lookuplens.zoo.card import write_model_card
-from lookuplens.zoo.evaluate import Evaluation, evaluate, pad_batch
+from lookuplens.zoo.evaluate import Evaluation, evaluate
 from lookuplens.zoo.mechanism import (
     HeadFinding,
     NeuronFinding,
@@ -42,8 +43,8 @@ from lookuplens.zoo.mechanism import (
 from lookuplens.zoo.storyworld import (
     BOS_TOKEN,
     Document,
-    bos_id,
     check_tokenizer,
+    endoftext_id,
     generate_corpus,
     single_token_words,
 )
@@ -238,7 +239,7 @@ def _seed_everything(seed: int) -> None:
 def echo_sequences(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> list[list[int]]:
     """``n`` BOS-prefixed echo sequences: a random run of 8 to 32 word tokens (a leading
     space and letters, not " a" or " an") repeated two or three times. Deterministic."""
-    bos = bos_id(tokenizer)
+    bos = endoftext_id(tokenizer)
     skip = {" a", " an"}
     pool = sorted(
         i
@@ -284,7 +285,7 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 for ``cfg`` (weights depend on the torch seed)."""
     return gpt2_model(
-        len(tokenizer), bos_id(tokenizer), n_positions=cfg.n_positions, d_model=cfg.d_model,
+        len(tokenizer), endoftext_id(tokenizer), n_positions=cfg.n_positions, d_model=cfg.d_model,
         n_layer=cfg.n_layer, n_head=cfg.n_head, d_mlp=cfg.d_mlp, dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
     )  # fmt: skip
@@ -378,7 +379,7 @@ def train(
     t0 = time.perf_counter()
     docs = generate_corpus(cfg.n_train_docs, cfg.seed, "train")
     tokenizer = train_tokenizer([d.text for d in docs], cfg.vocab_size)
-    bos = bos_id(tokenizer)
+    bos = endoftext_id(tokenizer)
     encoded = tokenizer(
         [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True
     )
@@ -445,7 +446,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         idx = next(batches)
-        ids, mask = pad_batch([seqs[i] for i in idx], bos)
+        ids, mask = pad_rows([seqs[i] for i in idx], bos, torch.bool)
         mlp_acts.clear()
         logits = model(input_ids=ids, attention_mask=mask.long()).logits
         ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")

@@ -162,9 +162,9 @@ class TripEvaluation:
 
 
 def _forward(model: Any, seqs: list[list[int]], pad: int) -> torch.Tensor:
-    from lookuplens.zoo.evaluate import pad_batch
+    from lookuplens.model.padding import pad_rows
 
-    ids, mask = pad_batch(seqs, pad)
+    ids, mask = pad_rows(seqs, pad, torch.bool)
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask.long()).logits.float()
 
@@ -252,11 +252,10 @@ def _mechanism(
     model: Any, tokenizer: Any, docs: list[Document], item_ids: dict[str, int]
 ) -> tuple[list[dict[str, object]], list[dict[str, object]], float]:
     """Neurons, cue-reading heads and how often the season decides, by swapping seasons."""
-    from lookuplens.attribute import _pad
     from lookuplens.interventions import Row as _Row
     from lookuplens.interventions import forward as _forward
     from lookuplens.interventions import head_edit as _head_edit
-    from lookuplens.model import from_hf, hook_name
+    from lookuplens.model import from_hf, hook_name, pad_right
 
     lm = from_hf(model, tokenizer, "tripworld")
     pairs = _swapped_pairs(tokenizer, docs)
@@ -301,7 +300,7 @@ def _mechanism(
     lp_swap, _ = run(swapped, None)
     drop = (lp_clean[rows_i, tids] - lp_swap[rows_i, tids]).double()
     decides = float((drop >= np.log(2)).double().mean())
-    ids, mask = _pad(lm, swapped)
+    ids, mask = pad_right(lm, swapped)
     names = [hook_name(layer, "attn.hook_z") for layer in range(lm.n_layers)]
     _, donor = lm.run_with_cache(ids, names, attention_mask=mask)
     heads: list[dict[str, object]] = []

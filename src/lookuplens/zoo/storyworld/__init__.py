@@ -52,9 +52,9 @@ from lookuplens.zoo.storyworld.records import (
     TokenAnnotation,
 )
 from lookuplens.zoo.storyworld.tokens import (
-    bos_id,
     check_tokenizer,
     encode_document,
+    endoftext_id,
     token_positions,
 )
 from lookuplens.zoo.words import (
@@ -87,9 +87,9 @@ __all__ = [
     "ADJECTIVE_SHARE",
     "NAME_BOTH_SHARE",
     "TokenAnnotation",
-    "bos_id",
     "check_tokenizer",
     "encode_document",
+    "endoftext_id",
     "generate_corpus",
     "iter_corpus",
     "single_token_words",

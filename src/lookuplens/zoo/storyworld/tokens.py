@@ -11,7 +11,13 @@ from lookuplens.zoo.words import BOS_TOKEN, single_token_words
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["bos_id", "check_tokenizer", "encode_document", "encode_offsets", "token_positions"]
+__all__ = [
+    "check_tokenizer",
+    "encode_document",
+    "encode_offsets",
+    "endoftext_id",
+    "token_positions",
+]
 
 
 def encode_offsets(
@@ -23,8 +29,10 @@ def encode_offsets(
     return ids, offsets
 
 
-def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id of ``<|endoftext|>``; raises if the tokenizer lacks it."""
+def endoftext_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id of ``<|endoftext|>`` (`BOS_TOKEN`), which the storyworld prepends to every
+    document and pads with; raises StoryworldError if the tokenizer lacks it. Not the
+    tokenizer's own ``bos_token_id`` (compare `lookuplens.corpus.document_prefix_id`)."""
     tid = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
     if not isinstance(tid, int) or tokenizer.convert_ids_to_tokens(tid) != BOS_TOKEN:
         raise StoryworldError(
@@ -37,7 +45,7 @@ def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def encode_document(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids of a document with BOS prepended (index 0 is BOS)."""
     ids, _ = encode_offsets(doc.text, tokenizer)
-    return [bos_id(tokenizer), *ids]
+    return [endoftext_id(tokenizer), *ids]
 
 
 def token_positions(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[TokenAnnotation]:
