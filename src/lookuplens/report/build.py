@@ -145,9 +145,7 @@ def findings_section(t: RunTables) -> Html:
     if f is None:
         return Html(head + note("No findings yet: run the verify stage.") + "</section>")
     if f.empty:
-        return Html(
-            head + note("No (neuron, head) pair passes the cue-swap test.") + "</section>"
-        )
+        return Html(head + note("No (neuron, head) pair passes the cue-swap test.") + "</section>")
     f = f.sort_values("baseline", kind="stable")
     rows = [
         [
