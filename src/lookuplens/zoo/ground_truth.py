@@ -295,8 +295,8 @@ def causal_truth(
         if len(kept) >= cfg.min_annotations:
             fired[key] = kept
     firing: dict[tuple[int, int], list[float]] = {}
-    for (_k, *nrn), a in clean.items():
-        firing.setdefault((nrn[0], nrn[1]), []).append(a)
+    for (_k, layer, neuron), a in clean.items():
+        firing.setdefault((layer, neuron), []).append(a)
     n_firing = {key: int(sum(a > floor[key] for a in v)) for key, v in firing.items()}
     share = {key: _ratio_of_means(v) for key, v in fired.items()}
     return {
