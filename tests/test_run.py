@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # each test runs the whole pipeline from the CLI (10-16 s)
+
 NAMES = ["zorp", "quill", "mab", "tesk", "vorn", "lupa", "kesh", "dorv"]
 COLOURS = ["red", "blue", "green", "amber"]
 

@@ -292,6 +292,7 @@ CFG_MODULE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a scan killed in a new process, then resumed (4-7 s)
 def test_killed_scan_resumes_to_identical_tables(
     tmp_path: Path, tiny_dirs: dict[str, Path]
 ) -> None:

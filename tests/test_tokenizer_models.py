@@ -50,7 +50,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Pa
     return dirs, corpus
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n != "mistral_sentencepiece"])
+@pytest.mark.parametrize(
+    "name",
+    [  # the whole default pipeline: 15-60 s on the first two, about 2 s on the last
+        pytest.param("llama_sentencepiece", marks=pytest.mark.slow),
+        pytest.param("gpt2_word_level", marks=pytest.mark.slow),
+        "gpt2_byte_level",
+    ],
+)
 def test_default_run_selects_word_start_tokens_shown_with_their_space(
     world: tuple[dict[str, Path], Path], tmp_path: Path, name: str
 ) -> None:
@@ -66,6 +73,7 @@ def test_default_run_selects_word_start_tokens_shown_with_their_space(
     assert (run.path / "scores.parquet").is_file()
 
 
+@pytest.mark.slow  # the whole pipeline from the CLI, then `why` (about 20-60 s)
 def test_sentencepiece_model_end_to_end_from_the_command_line(
     world: tuple[dict[str, Path], Path], tmp_path: Path
 ) -> None:

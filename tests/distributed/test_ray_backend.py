@@ -38,6 +38,8 @@ from lookuplens.model import LoadedModel, load_model  # noqa: E402
 from lookuplens.scan import ScanConfig, ScanProgress, scan_corpus  # noqa: E402
 from lookuplens.store import RunDir, ShardStore  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Ray cluster; most tests take 5-20 s
+
 NEURONS = [(0, 3), (1, 5), (1, 60), (0, 0), (1, 17)]
 SCAN = ScanConfig(k=7, batch_tokens=500, shard_docs=23)  # 120 documents: 6 shards
 RAY2 = RayConfig(workers=2)

@@ -420,6 +420,7 @@ def test_report_skips_unreadable_table(built: Built, tmp_path: Path) -> None:
     assert 'id="neuron-' in report.html
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(report_path: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"

@@ -16,6 +16,8 @@ from dashboard_fixtures import Served
 from lookuplens.attribute import decompose_neuron_input
 from lookuplens.model import hook_name
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox",

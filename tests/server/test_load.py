@@ -8,12 +8,14 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from dashboard_fixtures import Served
 
 CLIENTS = 50
 REQUESTS = 20
 
 
+@pytest.mark.slow  # 1,000 requests against a live server (6-9 s)
 def test_fifty_concurrent_clients(live_url: str, served: Served) -> None:
     layer, neuron, hl, h = served.kept_pair()
     gets = [

@@ -21,6 +21,8 @@ from lookuplens.zoo import default_model_path
 from lookuplens.zoo.storyworld import TokenAnnotation, generate_corpus, token_positions
 from lookuplens.zoo.words import VOWEL_OBJECTS
 
+pytestmark = pytest.mark.slow  # runs the default pipeline on the bundled model (minutes)
+
 N_DOCS = 500
 SEED = 1  # the corpus the default run scans (CorpusSpec.storyworld_seed)
 

@@ -94,6 +94,7 @@ def heldout_eval(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> 
     return evaluate(model, tokenizer, generate_corpus(300, seed=20240, split="heldout"))
 
 
+@pytest.mark.slow  # heldout_eval: the bundled model on 300 held-out stories (about 7 s)
 @pytest.mark.parametrize("kind", ["article", "topic", "name"])
 def test_planted_accuracy_on_fresh_heldout(heldout_eval: Evaluation, kind: str) -> None:
     correct, total = heldout_eval.accuracy[kind]
@@ -101,6 +102,7 @@ def test_planted_accuracy_on_fresh_heldout(heldout_eval: Evaluation, kind: str) 
     assert correct / total >= THRESHOLDS[kind], (kind, correct, total)
 
 
+@pytest.mark.slow  # heldout_eval, as above
 def test_article_accuracy_by_target_and_ordinary_loss(heldout_eval: Evaluation) -> None:
     ev = heldout_eval
     for target in (" a", " an"):
@@ -109,6 +111,7 @@ def test_article_accuracy_by_target_and_ordinary_loss(heldout_eval: Evaluation) 
     assert ev.ordinary_loss < 3.0
 
 
+@pytest.mark.slow  # the mechanism search and the neurons stage on the bundled model (about 6 s)
 def test_an_neuron_exists_and_fires(
     model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, path: Path
 ) -> None:

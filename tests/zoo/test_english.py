@@ -75,6 +75,7 @@ def test_missing_debian_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_
         documents(sources=english.SOURCES[:2])
 
 
+@pytest.mark.slow  # trains a model
 def test_training_resumes_to_the_same_weights(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

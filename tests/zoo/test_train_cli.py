@@ -51,6 +51,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains a model
 def test_train_writes_loadable_checkpoint(tiny_checkpoint: Path) -> None:
     for name in (
         "config.json",
@@ -75,6 +76,7 @@ def test_train_writes_loadable_checkpoint(tiny_checkpoint: Path) -> None:
     assert not list(tiny_checkpoint.parent.glob(".tiny.*"))  # no temporary folder left
 
 
+@pytest.mark.slow  # trains a model
 def test_train_refuses_non_empty_out(tiny_checkpoint: Path) -> None:
     before = (tiny_checkpoint / "model.safetensors").read_bytes()
     result = CliRunner().invoke(app, ["train", "--out", str(tiny_checkpoint), *TINY])
@@ -83,6 +85,7 @@ def test_train_refuses_non_empty_out(tiny_checkpoint: Path) -> None:
     assert (tiny_checkpoint / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow  # trains a model
 def test_train_is_deterministic(tiny_checkpoint: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     result = CliRunner().invoke(app, ["train", "--out", str(again), *TINY])
@@ -92,6 +95,7 @@ def test_train_is_deterministic(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains a model
 def test_card_rewrites_model_card(tiny_checkpoint: Path) -> None:
     card = tiny_checkpoint / "MODEL_CARD.md"
     card.write_text("stale")
@@ -171,6 +175,7 @@ def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
         TrainConfig(**bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # trains a model
 def test_interrupted_training_resumes_to_the_same_weights(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +206,7 @@ def test_interrupted_training_resumes_to_the_same_weights(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains a model
 def test_resume_refuses_another_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lookuplens.zoo.storyworld_train as train_module
 

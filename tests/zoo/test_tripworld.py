@@ -91,6 +91,7 @@ def test_annotations_map_to_word_level_tokens() -> None:
     assert n > 100
 
 
+@pytest.mark.slow  # trains a model
 def test_training_resumes_to_the_same_weights_and_writes_the_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Static checks outside pytest: ruff lint, ruff format, mypy. Run from anywhere after
+# `bash scripts/setup.sh --test`; exits non-zero on the first check that fails.
+#   bash scripts/check.sh
+#   CHECK_PYTHON=/path/to/venv/bin/python bash scripts/check.sh   # another environment
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${CHECK_PYTHON:-.venv/bin/python}
+paths=(src tests scripts bench)
+echo "check: ruff check ${paths[*]}"
+"$py" -m ruff check "${paths[@]}"
+echo "check: ruff format --check ${paths[*]}"
+"$py" -m ruff format --check "${paths[@]}"
+echo "check: mypy src/lookuplens"
+"$py" -m mypy --config-file pyproject.toml src/lookuplens
