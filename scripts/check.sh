@@ -13,3 +13,5 @@ echo "check: ruff format --check ${paths[*]}"
 "$py" -m ruff format --check "${paths[@]}"
 echo "check: mypy src/lookuplens"
 "$py" -m mypy --config-file pyproject.toml src/lookuplens
+echo "check: import cycles"
+"$py" scripts/check_import_cycles.py
