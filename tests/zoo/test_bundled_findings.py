@@ -254,7 +254,7 @@ def test_headline_findings_name_the_article_lookup(run: RunDir, an_neuron: tuple
 def test_explanations_are_specific_to_their_pair(run: RunDir) -> None:
     """Scored with the explanation of another neuron's pair, a pair's E falls to chance
     (mean within 0.4-0.65), well below its own explanation's (by > 0.1, Wilcoxon p <
-    0.01), for the selected neurons and the random baseline alike (README, known gaps:
+    0.01), for the selected neurons and the random baseline alike (docs/limits.md:
     the random neurons' own E is not near 0.5 in this world)."""
     stats = run.meta["score_stats"]["mismatched"]
     ctl = run.read_df("score_controls")
@@ -294,7 +294,7 @@ def test_why_names_an_an_neuron_and_the_head_reading_the_object(
 def test_why_the_neurons_it_names_carry_p_an(why_on_article_prompts, lm: LoadedModel) -> None:  # type: ignore[no-untyped-def]
     """The causal check zeroes the ranked neurons best first until p(" an") is halved. In
     this model the five top neurons alone do not move it (" an" is spread over article
-    neurons and repaired downstream; README, known gaps), so what is checked is that a
+    neurons and repaired downstream; docs/limits.md), so what is checked is that a
     short prefix of the ranking carries it, that it includes " an" neurons, and that as
     many random neurons from the same layers do not: p(" an") halved by at most 20 named
     neurons, recomputed here by hand, while the random control keeps it within 10%."""
