@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Static checks outside pytest: ruff lint, ruff format, mypy. Run from anywhere after
-# `bash scripts/setup.sh --test`; exits non-zero on the first check that fails.
+# Static checks outside pytest: ruff lint, ruff format, mypy, import cycles, and the docs
+# site (mkdocs build --strict: any warning, a broken link included, fails it). Run from
+# anywhere after `bash scripts/setup.sh --test`; exits non-zero on the first check that fails.
 #   bash scripts/check.sh
 #   CHECK_PYTHON=/path/to/venv/bin/python bash scripts/check.sh   # another environment
 set -euo pipefail
@@ -15,3 +16,8 @@ echo "check: mypy src/lookuplens"
 "$py" -m mypy --config-file pyproject.toml src/lookuplens
 echo "check: import cycles"
 "$py" scripts/check_import_cycles.py
+echo "check: mkdocs build --strict"
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+# not --quiet: it hides the warnings, and then --strict passes whatever they say
+"$py" -m mkdocs build --strict --site-dir "$site"
