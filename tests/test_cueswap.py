@@ -79,6 +79,12 @@ def _act(lm: LoadedModel, toks: list[int], layer: int, n: int, hooks=()) -> floa
     return float(c[post][0, -1, n])
 
 
+def _logprob(lm: LoadedModel, toks: list[int], hooks=()) -> float:  # type: ignore[no-untyped-def]
+    logits, _ = lm.run_with_cache(torch.tensor([toks]), [], extra_hooks=list(hooks))
+    assert logits is not None
+    return float(torch.log_softmax(logits[0, -1].double(), -1)[17])
+
+
 def _strongest_neuron(lm: LoadedModel, prompts: list[list[int]], layer: int) -> int:
     post = hook_name(layer, "mlp.hook_post")
     acts = torch.stack(
@@ -141,6 +147,8 @@ def test_cue_and_head_rows_match_hand_computation(lm: LoadedModel) -> None:
 
             want = _act(lm, toks, layer, n, [(names[hl], patch)]) - clean
             assert h.delta_activation == pytest.approx(want, abs=1e-5)
+            lp = _logprob(lm, toks, [(names[hl], patch)]) - _logprob(lm, toks)
+            assert h.delta_logprob == pytest.approx(lp, abs=1e-5)
     assert cues.groupby("example_id").size().max() <= cfg.swap_max_cues
 
 

@@ -156,7 +156,7 @@ def cue_swaps(
                 assert c.logprobs is not None and c.activation is not None
                 yield c, None, c.logprobs, c.activation
             jobs = [(c, h) for c in cues for h in _heads(lm, c, part.index(c.row), clean, cfg)]
-            for c, h, lp, act in _head_patches(lm, jobs, cfg.batch_rows):
+            for c, h, lp, act in _head_patches(lm, part, jobs, cfg.batch_rows):
                 yield c, h, lp, act
             done += len(part)
             if on_done is not None:
@@ -308,23 +308,54 @@ def _add_logprobs(lm: LoadedModel, cues: list[Cue], batch_rows: int) -> None:
 
 
 def _head_patches(
-    lm: LoadedModel, jobs: list[tuple[Cue, tuple[int, int]]], batch_rows: int
+    lm: LoadedModel,
+    part: list[Row],
+    jobs: list[tuple[Cue, tuple[int, int]]],
+    batch_rows: int,
 ) -> Iterator[tuple[Cue, tuple[int, int], Tensor, float]]:
     """(cue, head, log-probs, activation) with the head's output patched in from the cue's
-    swapped run, for each (cue, head) of `jobs`."""
-    jobs = sorted(
-        jobs, key=lambda j: (len(j[0].row.tokens), j[0].row.example_id, j[0].position, j[1])
-    )
-    for j in range(0, len(jobs), batch_rows):
-        part = jobs[j : j + batch_rows]
-        width = max(len(c.row.tokens) for c, _ in part)
-        donor: dict[int, Tensor] = {}
-        for i, (c, (hl, _h)) in enumerate(part):
+    swapped run, for each (cue, head) of `jobs` (cues of the clean rows `part`, all of
+    one neuron layer). Prefix reuse: the clean batch's layer calls are recorded once, and
+    a head of layer l is patched by replaying layers l.. only."""
+    if not jobs:
+        return
+    layer = part[0].layer
+    ids, mask = pad_right(lm, [r.tokens for r in part])
+    calls, _ = lm.capture_layer_calls(ids, mask, lm.n_layers - 1)
+    by_layer = {c.layer: c for c in calls}
+    index = {id(r): i for i, r in enumerate(part)}
+    width = ids.shape[1]
+    jobs = sorted(jobs, key=lambda j: (j[1], index[id(j[0].row)], j[0].position))
+    groups: dict[int, list[tuple[Cue, tuple[int, int]]]] = {}
+    for job in jobs:
+        groups.setdefault(job[1][0], []).append(job)
+    chunks = [
+        g[k : k + batch_rows]
+        for _, g in sorted(groups.items())
+        for k in range(0, len(g), batch_rows)
+    ]
+    for chunk in chunks:
+        hl = chunk[0][1][0]
+        rows = torch.tensor([index[id(c.row)] for c, _ in chunk])
+        first = chunk[0][0].donor
+        assert first is not None
+        donor = torch.zeros((len(chunk), width, *first[hl].shape[1:]), dtype=first[hl].dtype)
+        for i, (c, _h) in enumerate(chunk):
             assert c.donor is not None
-            src = c.donor[hl]
-            if hl not in donor:
-                donor[hl] = torch.zeros((len(part), width, *src.shape[1:]), dtype=src.dtype)
-            donor[hl][i, : src.shape[0]] = src
-        lp, act = forward(lm, [c.row for c, _ in part], head_edit([h for _, h in part], donor))
-        for i, (c, h) in enumerate(part):
+            donor[i, : c.donor[hl].shape[0]] = c.donor[hl]
+        got: dict[str, Tensor] = {}
+
+        def grab(x: Tensor, _n: str, got: dict[str, Tensor] = got) -> None:
+            got["post"] = x
+
+        hooks = head_edit([h for _, h in chunk], {hl: donor})([c.row for c, _ in chunk])
+        hooks.append((hook_name(layer, "mlp.hook_post"), grab))
+        out = lm.replay_layers(calls, hl, lm.n_layers - 1, by_layer[hl].hidden[rows], rows, hooks)
+        pos = mask[rows].sum(1) - 1
+        at = torch.arange(len(chunk))
+        logits = lm.unembed(out)[at, pos].double()
+        lp = torch.log_softmax(logits, dim=-1).cpu()
+        cols = torch.tensor([c.row.neuron for c, _ in chunk])
+        act = got["post"][at, pos, cols].double().cpu()
+        for i, (c, h) in enumerate(chunk):
             yield c, h, lp[i], float(act[i])
