@@ -36,6 +36,13 @@ def _copy_without_model(served: Served, dest: Path) -> Path:
     return dest
 
 
+def test_the_table_stores_what_the_dashboard_shows() -> None:
+    from lookuplens.report.views import VIEW_PROMPTS
+    from lookuplens.server.config import ServeConfig
+
+    assert ServeConfig().max_prompts == VIEW_PROMPTS
+
+
 def test_read_only_pages_work_without_the_model(served: Served, tmp_path: Path) -> None:
     copy = _copy_without_model(served, tmp_path / "copy")
     c = _client(copy)
