@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -104,19 +104,23 @@ class ViewScope:
     def union(self, other: ViewScope) -> ViewScope:
         """Everything either scope holds (prompt order: this one's first)."""
 
-        def merge(a: Mapping, b: Mapping) -> dict:  # type: ignore[type-arg]
-            out = {k: tuple(v) for k, v in a.items()}
-            for k, v in b.items():
-                out[k] = tuple(dict.fromkeys((*out.get(k, ()), *v)))
-            return out
-
         vocab = tuple(dict.fromkeys((*self.vocab_neurons, *other.vocab_neurons)))
         return ViewScope(
-            merge(self.neuron_prompts, other.neuron_prompts),
-            merge(self.pair_prompts, other.pair_prompts),
+            _merge(self.neuron_prompts, other.neuron_prompts),
+            _merge(self.pair_prompts, other.pair_prompts),
             vocab,
             max(self.k, other.k),
         )
+
+
+K = TypeVar("K")
+
+
+def _merge(a: Mapping[K, Sequence[int]], b: Mapping[K, Sequence[int]]) -> dict[K, tuple[int, ...]]:
+    out = {k: tuple(v) for k, v in a.items()}
+    for k, v in b.items():
+        out[k] = tuple(dict.fromkeys((*out.get(k, ()), *v)))
+    return out
 
 
 def report_scope(plan: ReportPlan, cfg: ReportConfig) -> ViewScope:
@@ -199,8 +203,14 @@ def build_views(
 
     rows: dict[str, list[object]] = {name: [] for name in table_schema("views").names}
 
-    def add(kind: str, nkey: NeuronKey, head: tuple[int, int] | None, example: int | None,
-            ids: Sequence[int], values: Iterable[float]) -> None:  # fmt: skip
+    def add(
+        kind: str,
+        nkey: NeuronKey,
+        head: tuple[int, int] | None,
+        example: int | None,
+        ids: Sequence[int],
+        values: Iterable[float],
+    ) -> None:
         rows["kind"].append(kind)
         rows["layer"].append(nkey[0])
         rows["neuron"].append(nkey[1])
