@@ -17,6 +17,7 @@ import pytest
 import lookuplens
 from lookuplens.errors import RunDirError, TableSchemaError
 from lookuplens.store import (
+    COLUMN_DOCS,
     FORMAT_VERSION,
     STAGE_TABLES,
     STAGES,
@@ -160,6 +161,7 @@ def test_table_columns_match_conventions() -> None:
         "effects",
         "explanations",
         "scores",
+        "views",  # what the report and the dashboard show from the model (report stage)
     }
     assert TABLE_COLUMNS["examples"]["tokens"] == pa.list_(pa.int64())
     assert table_schema("scores").field("auroc").nullable
@@ -169,6 +171,13 @@ def test_table_columns_match_conventions() -> None:
     tables = {t for ts in STAGE_TABLES.values() for t in ts if "." not in t}
     assert tables == set(TABLE_COLUMNS)
     assert list(STAGE_TABLES) == list(STAGES)
+    # every column of the tables documented here has its description
+    for name, docs in COLUMN_DOCS.items():
+        assert list(docs) == list(TABLE_COLUMNS[name]), name
+        assert all(d.strip() for d in docs.values()), name
+    assert {"head_layer", "head", "example_id"} == {
+        f.name for f in table_schema("views") if f.nullable
+    }
 
 
 def test_write_read_roundtrip_casts_and_keeps_extras(run: RunDir) -> None:

@@ -31,7 +31,8 @@ from lookuplens.explain import explain_run, score_stage
 from lookuplens.findings import cue_token_ids, find_findings
 from lookuplens.model import LoadedModel, load_model
 from lookuplens.neurons import find_neurons, tracked
-from lookuplens.report import write_report
+from lookuplens.report import build_views, stored_scope, write_report
+from lookuplens.report.data import load_run
 from lookuplens.run_config import (
     PRESETS,
     RunConfig,
@@ -312,6 +313,14 @@ def _stage_report(ctx: Context) -> str:
         from lookuplens.zoo.ground_truth import compare
 
         ctx.run.update_meta(ground_truth=_finite(compare(ctx.run, ctx.lm, world=world)))
+    # what the report and the dashboard show from the model, stored so that the run
+    # directory renders without it
+    tables = load_run(ctx.run)
+    scope = stored_scope(tables, ctx.cfg.report)
+    views = build_views(
+        ctx.lm, tables, scope, ctx.cfg.report.batch_prompts, ctx.cfg.neurons.congruence
+    )
+    ctx.run.write_table("views", views)
     path = write_report(ctx.run, ctx.lm, ctx.cfg.report)
     ctx.reporter.finish(str(path))
     return str(path)

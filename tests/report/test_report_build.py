@@ -344,10 +344,19 @@ def test_model_computations_match_the_pipeline(built: Built) -> None:
     np.testing.assert_allclose(pats[0], alone[0], atol=1e-6)  # padding changes nothing
 
 
-def test_report_escapes_corpus_text_tokens_and_explanations(built: Built) -> None:
-    for lm in (built.lm, None):
+def _made_before_views(built: Built, tmp_path: Path) -> RunDir:
+    """A copy of the run directory as the report stage wrote it before the views table."""
+    copy = tmp_path / "before-views"
+    shutil.copytree(built.run.path, copy)
+    (copy / "views.parquet").unlink()
+    return RunDir(copy)
+
+
+def test_report_escapes_corpus_text_tokens_and_explanations(built: Built, tmp_path: Path) -> None:
+    old = _made_before_views(built, tmp_path)
+    for run, lm in ((built.run, built.lm), (built.run, None), (old, None)):
         cfg = ReportConfig(load_tokenizer=False)
-        html = build_report(built.run, lm, cfg)
+        html = build_report(run, lm, cfg)
         p = _parse(html)
         assert [t for t, _ in p.tags].count("script") == 1
         assert "img" not in {t for t, _ in p.tags}
@@ -355,15 +364,16 @@ def test_report_escapes_corpus_text_tokens_and_explanations(built: Built) -> Non
         assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html  # explanation text
         assert "&lt;img\u00b7src=x\u00b7onerror=alert(3)&gt;" in html  # token, made visible
         assert "&amp;lt;" not in html  # escaped once, not twice
-        if lm is None:  # shown as text: the whole corpus line, escaped
+        if run is old:  # no model, no tokenizer: shown as text, the whole line escaped
             assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quotes&quot;" in html
-        else:  # shown token by token: each piece escaped
+        else:  # shown token by token (the model's or the views table's): each piece escaped
             assert "&lt;" in html.split('id="neuron-')[1]
         assert external_references(html) == []
 
 
-def test_report_without_model_uses_the_tokenizer(built: Built) -> None:
-    html = build_report(built.run, None, ReportConfig())
+def test_report_without_model_uses_the_tokenizer(built: Built, tmp_path: Path) -> None:
+    # a run directory made before the views table, reported without its model
+    html = build_report(_made_before_views(built, tmp_path), None, ReportConfig())
     assert "Built without the model" in html
     assert '<span class="t"' in html  # token spans
     assert 'class="t act' not in html and 'class="t attn' not in html

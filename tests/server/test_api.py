@@ -321,8 +321,18 @@ def test_model_loads_lazily_from_the_run(served: Served) -> None:
     assert c.get("/api/model").json()["loaded"] is False
     c.get("/")  # pages never load the model
     assert c.get("/api/model").json()["loaded"] is False
-    layer, neuron, _, _ = served.kept_pair()
-    r = c.get(f"/api/neurons/{layer}/{neuron}/activations")
+    layer, neuron, hl, h = served.kept_pair()
+    # the shading and the vocabulary come from the run's views table
+    for url in (
+        f"/api/neurons/{layer}/{neuron}/activations",
+        f"/api/neurons/{layer}/{neuron}/vocab",
+        f"/api/pairs/{layer}/{neuron}/{hl}/{h}/attention",
+    ):
+        assert c.get(url).status_code == 200, url
+    assert c.get("/api/model").json()["loaded"] is False
+    r = c.post(
+        "/api/playground", json={"prompt": served.lines[0], "layer": layer, "neuron": neuron}
+    )
     assert r.status_code == 200
     status = c.get("/api/model").json()
     assert status["loaded"] is True and status["source"] == str(served.model_path)

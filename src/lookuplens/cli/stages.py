@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +12,8 @@ from rich.console import Console
 from lookuplens.cli.app import state
 from lookuplens.cli.params import DeviceOpt, RunDirArg, StageOverwriteOpt
 from lookuplens.cli.progress import RichReporter
+
+log = logging.getLogger(__name__)
 
 
 def _run_dir_stage(
@@ -53,12 +56,15 @@ def report_cmd(
     no_model: Annotated[
         bool,
         typer.Option(
-            "--no-model", help="Do not load the model (no activation or attention shading)."
+            "--no-model",
+            help="Never load the model: a run directory made before the views table existed "
+            "is then reported without activation and attention shading.",
         ),
     ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Write (or rewrite) report.html of a run directory."""
+    """Write (or rewrite) report.html of a run directory (from its tables alone: the model
+    is loaded only for a run directory made before the views table existed)."""
     from lookuplens.model import load_model
     from lookuplens.pipeline import RunConfig
     from lookuplens.report import write_report
@@ -66,7 +72,15 @@ def report_cmd(
 
     run = RunDir.open(run_dir)
     cfg = RunConfig.from_dict(run.meta.get("config") or {})  # type: ignore[arg-type]
-    lm = None if no_model else load_model(cfg.model_source, device=device, dtype=cfg.dtype)
+    lm = None
+    if not no_model and not run.has_table("views"):
+        log.info(
+            "report: %s has no views table (made before it existed): loading the model %s "
+            "to shade the prompts",
+            run.path,
+            cfg.model_source,
+        )
+        lm = load_model(cfg.model_source, device=device, dtype=cfg.dtype)
     path = write_report(run, lm, cfg.report)
     Console().print(f"report: {path}", highlight=False)
 

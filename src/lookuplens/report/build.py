@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import html
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lookuplens.model import LoadedModel
 from lookuplens.report.assets import CSS, SCRIPT, script_hash
-from lookuplens.report.compute import (
-    ModelViews,
-    check_model_matches,
-    last_position_attention,
-    neuron_activations,
-    vocab_tokens,
-)
+from lookuplens.report.compute import ModelViews, check_model_matches
 from lookuplens.report.config import ReportConfig
 from lookuplens.report.data import ReportPlan, RunTables, load_run, plan_report
 from lookuplens.report.details import (
@@ -28,10 +21,12 @@ from lookuplens.report.details import (
     neuron_section,
     pair_anchor,
     pair_section,
+    prompt_tokens,
 )
 from lookuplens.report.markup import Html, esc, note, table
 from lookuplens.report.overview import Figure, e_histogram_section, overview_section
 from lookuplens.report.tokens import TokenText, token_label, token_pill
+from lookuplens.report.views import StoredViews, ViewScope, build_views, report_scope
 from lookuplens.store import RunDir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -89,52 +84,113 @@ def _tokenizer_decode(tok: Any) -> Callable[[int], str]:
     return Vocab(tok).text
 
 
-def _congruence_mode(meta: dict[str, object]) -> Literal["folded", "raw"]:
-    config = meta.get("config")
-    neurons = config.get("neurons") if isinstance(config, dict) else None
-    mode = neurons.get("congruence") if isinstance(neurons, dict) else None
-    return "raw" if mode == "raw" else "folded"
+class _TableDecoder:
+    """Token id -> text from the views table, else from `fallback` (the model or the
+    tokenizer) when there is one; `covers` says whether a prompt can be shown token by
+    token."""
+
+    def __init__(self, strings: dict[int, str], fallback: TokenText | None) -> None:
+        self._strings = strings
+        self._fallback = fallback
+
+    def covers(self, ids: Sequence[int]) -> bool:
+        return self._fallback is not None or all(int(i) in self._strings for i in ids)
+
+    def __call__(self, token_id: int) -> str:
+        text = self._strings.get(int(token_id))
+        if text is not None:
+            return text
+        return self._fallback(token_id) if self._fallback is not None else f"<{int(token_id)}>"
 
 
-def compute_views(
-    lm: LoadedModel, t: RunTables, plan: ReportPlan, lookup: Lookup, cfg: ReportConfig
-) -> ModelViews:
-    """Run the model on the prompts the report shows (activations and attention) and
-    read each shown neuron's promoted and suppressed tokens from the weights."""
-    ids = [i for p in plan.neurons for i in p.example_ids]
-    ids = list(dict.fromkeys(ids))
-    prompts = [[int(x) for x in lookup.examples[i]["tokens"]] for i in ids]  # type: ignore[attr-defined]
-    neurons = [
-        (int(lookup.examples[i]["layer"]), int(lookup.examples[i]["neuron"]))  # type: ignore[call-overload]
-        for i in ids
-    ]
-    acts = neuron_activations(lm, prompts, neurons, cfg.batch_prompts) if ids else []
-    activations = dict(zip(ids, acts, strict=True))
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for p in plan.pairs:
-        for i in p.example_ids:
-            if i not in by_layer[p.head_layer]:
-                by_layer[p.head_layer].append(i)
-    attention: dict[tuple[int, int], Any] = {}
-    for hl, exs in sorted(by_layer.items()):
-        pats = last_position_attention(
-            lm,
-            [[int(x) for x in lookup.examples[i]["tokens"]] for i in exs],  # type: ignore[attr-defined]
-            hl,
-            cfg.batch_prompts,
+def _example_tokens(lookup: Lookup) -> dict[int, list[int]]:
+    return {i: prompt_tokens(ex) for i, ex in lookup.examples.items()}
+
+
+def report_views(
+    run: RunDir,
+    lm: LoadedModel | None,
+    t: RunTables,
+    scope: ViewScope,
+    tokens: dict[int, list[int]],
+    cfg: ReportConfig,
+) -> tuple[StoredViews | None, ViewScope]:
+    """What the report shows from the model: read from the run's views table; with `lm`,
+    what the table lacks (all of it for a run made before the table existed) is computed.
+    Returns the views and what is still missing."""
+    stored = StoredViews.read(run)
+    if stored is None and lm is None:
+        return None, scope
+    missing = scope if stored is None else stored.missing(scope, tokens)
+    if lm is not None and not missing.empty:
+        # (`lookuplens report` says so when it loads the model)
+        log.debug(
+            "report: computing with the model what %s lacks",
+            "the views table" if stored is not None else "the run (no views table)",
         )
-        for i, pat in zip(exs, pats, strict=True):
-            attention[(i, hl)] = pat
-    vocab = vocab_tokens(
-        lm, [p.key for p in plan.neurons], cfg.n_vocab_tokens, _congruence_mode(t.meta)
-    )
-    log.debug(
-        "report: %d activation prompts, %d attention prompts, %d vocabularies",
-        len(activations),
-        len(attention),
-        len(vocab),
-    )
-    return ModelViews(activations, attention, vocab)
+        fresh = StoredViews.from_table(build_views(lm, t, missing, cfg.batch_prompts))
+        stored = fresh if stored is None else stored.merged(fresh)
+        missing = stored.missing(scope, tokens)
+    return stored, missing
+
+
+def _views_and_decoder(
+    run: RunDir,
+    lm: LoadedModel | None,
+    t: RunTables,
+    plan: ReportPlan,
+    lookup: Lookup,
+    cfg: ReportConfig,
+) -> tuple[ModelViews | None, TokenText | None, str]:
+    """What the report shows from the model, how it decodes tokens, and the overview's
+    note about what is left out."""
+    decode: TokenText | None = None
+    views: ModelViews | None = None
+    model_note = ""
+    scope = report_scope(plan, cfg)
+    tokens = _example_tokens(lookup)
+    stored, missing = report_views(run, lm, t, scope, tokens, cfg)
+    if stored is not None:
+        fallback: TokenText | None = _Decoder(lm.token_str) if lm is not None else None
+        if fallback is None and cfg.load_tokenizer:
+            shown = [*scope.neuron_prompts.values(), *scope.pair_prompts.values()]
+            ids = {int(x) for exs in shown for e in exs for x in tokens.get(e, ())}
+            if not ids <= stored.strings.keys():
+                tok, _ = _load_tokenizer(t.meta)
+                fallback = _Decoder(_tokenizer_decode(tok)) if tok is not None else None
+        decode = _TableDecoder(stored.strings, fallback)
+        views = stored.model_views(scope, tokens)
+        n_missing = sum(len(v) for v in missing.neuron_prompts.values())
+        n_missing += sum(len(v) for v in missing.pair_prompts.values())
+        lacks = [f"{n_missing} of the prompts shown"] if n_missing else []
+        if missing.vocab_neurons:
+            lacks.append(f"the vocabulary of {len(missing.vocab_neurons)} neurons")
+        if lacks:
+            model_note = (
+                f"The run's views table lacks {' and '.join(lacks)} (a report with other "
+                "settings than the run's, or prompts changed since): they are left out. "
+                "Build the report with the model to see them."
+            )
+    else:
+        reason = "the tokenizer was not loaded (load_tokenizer is off)"
+        tok = None
+        if cfg.load_tokenizer and lookup.examples:
+            tok, reason = _load_tokenizer(t.meta)
+        if tok is not None:
+            decode = _Decoder(_tokenizer_decode(tok))
+            model_note = (
+                "Built without the model: prompts are shown token by token but without "
+                "activation and attention shading, and promoted and suppressed tokens are "
+                "left out. Build the report with the model to see them."
+            )
+        else:
+            model_note = (
+                "Built without the model: activation and attention shading and promoted and "
+                "suppressed tokens are left out"
+                + (f", and prompts are shown as text ({reason})" if lookup.examples else "")
+                + ". Build the report with the model to see them."
+            )
+    return views, decode, model_note
 
 
 def findings_section(t: RunTables) -> Html:
@@ -218,31 +274,7 @@ def render_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> Rep
         check_model_matches(lm, t.meta.get("model"))
     plan = plan_report(t, cfg)
     lookup = Lookup.build(t)
-    decode: TokenText | None = None
-    views: ModelViews | None = None
-    model_note = ""
-    if lm is not None:
-        decode = _Decoder(lm.token_str)
-        views = compute_views(lm, t, plan, lookup, cfg)
-    else:
-        reason = "the tokenizer was not loaded (load_tokenizer is off)"
-        tok = None
-        if cfg.load_tokenizer and lookup.examples:
-            tok, reason = _load_tokenizer(t.meta)
-        if tok is not None:
-            decode = _Decoder(_tokenizer_decode(tok))
-            model_note = (
-                "Built without the model: prompts are shown token by token but without "
-                "activation and attention shading, and promoted and suppressed tokens are "
-                "left out. Build the report with the model to see them."
-            )
-        else:
-            model_note = (
-                "Built without the model: activation and attention shading and promoted and "
-                "suppressed tokens are left out"
-                + (f", and prompts are shown as text ({reason})" if lookup.examples else "")
-                + ". Build the report with the model to see them."
-            )
+    views, decode, model_note = _views_and_decoder(run, lm, t, plan, lookup, cfg)
     title = cfg.title or f"lookuplens report: {run.path.name}"
     overview = overview_section(t, plan, model_note)
     scores_html, figures = e_histogram_section(t)
@@ -304,9 +336,11 @@ def render_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> Rep
 def build_report(run: RunDir, lm: LoadedModel | None, cfg: ReportConfig) -> str:
     """The report of `run` as one self-contained HTML page.
 
-    With `lm` (the run's model), the prompts shown are run through it for per-token
-    activation shading and each kept pair's attention from the last token; without it,
-    those are left out with a note.
+    The per-token activation shading, each kept pair's attention from the last token
+    and the promoted and suppressed tokens come from the run's views table (written by
+    the report stage). With `lm` (the run's model), what the table lacks (all of it for a
+    run directory made before the table existed) is computed; without it, that is left
+    out with a note.
     """
     return render_report(run, lm, cfg).html
 

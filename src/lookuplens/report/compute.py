@@ -1,5 +1,8 @@
 """What the report needs the model for: per-token activations, attention, vocabulary.
 
+The report stage stores their results in the run directory (`lookuplens.report.views`),
+so reports and the dashboard only run them for run directories made before that.
+
 Every function runs the model through `LoadedModel.run_with_cache` (hooks added and
 removed by the adapter), stops after the last layer it needs, and keeps only the
 slices it shows, so memory stays small even for long prompts and wide MLPs.
@@ -23,6 +26,7 @@ from lookuplens.model import LoadedModel, hook_name, pad_right
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ModelViews",
     "VocabTokens",
     "check_model_matches",
     "last_position_attention",
@@ -174,7 +178,8 @@ class ModelViews:
 
     activations: dict[int, np.ndarray]
     """example_id -> its neuron's activation at every token of the prompt."""
-    attention: dict[tuple[int, int], np.ndarray]
-    """(example_id, head_layer) -> ``[n_heads, n_tokens]`` attention from the last token."""
+    attention: dict[tuple[int, int, int], np.ndarray]
+    """(example_id, head_layer, head) -> the head's attention from the last token to every
+    token of the prompt."""
     vocab: dict[tuple[int, int], VocabTokens]
     """(layer, neuron) -> promoted and suppressed tokens."""

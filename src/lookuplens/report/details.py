@@ -22,7 +22,7 @@ from lookuplens.report.data import (
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import TokenText, shaded_tokens, token_label, token_pill
 
-__all__ = ["Lookup", "neuron_section", "pair_section"]
+__all__ = ["Lookup", "neuron_section", "pair_section", "prompt_tokens"]
 
 NO_HEAD = -1
 
@@ -134,7 +134,8 @@ def _vocab_list(items: Sequence[tuple[int, float]], decode: TokenText) -> Html:
     return Html('<div class="toklist">' + "".join(spans) + "</div>")
 
 
-def _prompt_tokens(ex: Mapping[str, object]) -> list[int]:
+def prompt_tokens(ex: Mapping[str, object]) -> list[int]:
+    """The prompt's token ids (examples.tokens)."""
     toks = ex.get("tokens")
     return [int(x) for x in toks] if toks is not None else []  # type: ignore[attr-defined]
 
@@ -156,8 +157,9 @@ def _prompt(
         badge = '<span class="badge active">head active</span> '
     elif active is False:
         badge = '<span class="badge inactive">inactive</span> '
-    if decode is not None:
-        ids = _prompt_tokens(ex)
+    ids = prompt_tokens(ex)
+    covers = getattr(decode, "covers", None)  # a decoder that may lack some tokens
+    if decode is not None and (covers is None or covers(ids)):
         body = shaded_tokens(
             ids,
             decode,
@@ -575,8 +577,8 @@ def pair_section(
             parts.append(_legend("attn"))
         for i, active in zip(p.example_ids, p.active, strict=True):
             ex = lookup.examples[i]
-            pattern = views.attention.get((i, p.head_layer)) if views is not None else None
-            row = pattern[p.head] if pattern is not None else None
+            key = (i, p.head_layer, p.head)
+            row = views.attention.get(key) if views is not None else None
             scale = 0.0
             if row is not None and len(row):
                 rest = row[1:] if len(row) > 1 else row

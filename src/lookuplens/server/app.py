@@ -5,8 +5,10 @@ Pages (HTML): ``/`` (overview), ``/neurons/{layer}/{neuron}``,
 under ``/api/`` and is described by ``/api/openapi.json`` (the interactive docs are
 off: they load scripts from a CDN, and the dashboard works offline).
 
-The run's tables are read once, when the app is built; the model is loaded by the first
-request that needs it and is only ever run by one worker thread (`ModelWorker`).
+The run's tables are read once, when the app is built. The neuron and pair pages shade
+their prompts and list vocabulary from the run's views table (`DashboardViews`); the model
+is loaded by the first request that needs it (the playground, or what that table lacks)
+and is only ever run by one worker thread (`ModelWorker`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookuplens.errors import LookuplensError, UserError
 from lookuplens.model import LoadedModel
+from lookuplens.report.views import congruence_mode
 from lookuplens.server import fragments, pages
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.data import NotFound, RunData
@@ -58,6 +61,7 @@ from lookuplens.server.security import (
     SecurityMiddleware,
     resolve_token,
 )
+from lookuplens.server.views import DashboardViews
 from lookuplens.server.worker import (
     HeadEdit,
     Intervention,
@@ -136,13 +140,6 @@ def _model_source(run: RunDir, model: str | None) -> tuple[str, str]:
     return str(default_model_path()), dtype
 
 
-def _congruence_mode(meta: dict[str, object]) -> Literal["folded", "raw"]:
-    config = meta.get("config")
-    neurons = config.get("neurons") if isinstance(config, dict) else None
-    mode = neurons.get("congruence") if isinstance(neurons, dict) else None
-    return "raw" if mode == "raw" else "folded"
-
-
 # ------------------------------------------------------------------------ the app
 
 
@@ -167,8 +164,8 @@ def create_app(
     data = RunData(run, cfg)
     source, dtype = _model_source(run, model)
     worker = ModelWorker(source, data.meta.get("model"), cfg, lm=lm, dtype=dtype)
+    views = DashboardViews(data, worker, congruence_mode(data.meta))
     static_files = assets()
-    vocab_mode = _congruence_mode(data.meta)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -427,15 +424,14 @@ def create_app(
     async def api_activations(
         layer: Id, neuron: Id, limit: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
     ) -> Response:
-        """The neuron's activation at every token of its top prompts (runs the model)."""
+        """The neuron's activation at every token of its top prompts (from the run's views
+        table; runs the model for what it lacks)."""
         data.require_neuron(layer, neuron)
         cap = min(limit or cfg.max_prompts, cfg.max_prompts)
         key = ("api", "activations", layer, neuron, cap)
         body = cache.get(key)
         if body is None:
-            ids = data.neuron_examples(layer, neuron, cap)
-            prompts = [(i, data.example_tokens(i)) for i in ids]
-            got = await worker.call(worker.prompt_activations, layer, neuron, prompts)
+            got = await views.activations(layer, neuron, data.neuron_examples(layer, neuron, cap))
             scale, marked = fragments.activation_prompts(got)
             out = PromptsOut(kind="activation", scale=scale, prompts=_views(got, marked))
             body = cache.put(key, out.model_dump_json().encode("utf-8"))
@@ -445,12 +441,13 @@ def create_app(
     async def api_vocab(
         layer: Id, neuron: Id, k: Annotated[int, Query(ge=1, le=100)] = 10
     ) -> Response:
-        """The tokens the neuron's output promotes and suppresses most (reads weights)."""
+        """The tokens the neuron's output promotes and suppresses most (from the run's views
+        table; reads the weights for what it lacks)."""
         data.require_neuron(layer, neuron)
         key = ("api", "vocab", layer, neuron, k)
         body = cache.get(key)
         if body is None:
-            vocab = await worker.call(worker.vocab, layer, neuron, k, vocab_mode)
+            vocab = await views.vocab(layer, neuron, k)
             out = {
                 name: [{"token_id": i, "token": t, "congruence": c} for i, t, c in items]
                 for name, items in vocab.items()
@@ -465,15 +462,15 @@ def create_app(
     )
     async def api_attention(layer: Id, neuron: Id, head_layer: Id, head: Id) -> Response:
         """The head's attention from the firing position of each prompt shown on the
-        pair page (active ones first; runs the model)."""
+        pair page (active ones first; from the run's views table, runs the model for what
+        it lacks)."""
         data.require_pair(layer, neuron, head_layer, head)
         key = ("api", "attention", layer, neuron, head_layer, head)
         body = cache.get(key)
         if body is None:
             active, inactive = data.pair_examples(layer, neuron, head_layer, head)
             ids = active[: cfg.max_prompts] + inactive[: cfg.max_prompts]
-            prompts = [(i, data.example_tokens(i)) for i in ids]
-            got = await worker.call(worker.prompt_attention, head_layer, head, prompts)
+            got = await views.attention((layer, neuron, head_layer, head), ids)
             marked = fragments.attention_prompts(got)
             out = PromptsOut(kind="attention", scale=None, prompts=_views(got, marked))
             body = cache.put(key, out.model_dump_json().encode("utf-8"))

@@ -30,8 +30,9 @@ class ServeConfig:
     max_page_size: int = 500
     """Most rows one page may ask for."""
     max_prompts: int = 12
-    """Prompts shown (and run through the model) per neuron page, and per class on a pair
-    page."""
+    """Prompts shown per neuron page, and per class on a pair page. The report stage
+    stores as many per tracked neuron and kept pair in the views table
+    (`lookuplens.report.views.VIEW_PROMPTS`); more are run through the model."""
     max_heads: int = 24
     """Upstream heads listed on a neuron page (by mean direct attribution)."""
     cache_entries: int = 4096

@@ -5,6 +5,7 @@ Layout (a public format; see CONVENTIONS.md)::
     RUN/
       run.json                  manifest (format version, model, corpus, config, stages)
       neurons.parquet ...       one parquet file (zstd) per table in TABLE_COLUMNS
+      views.parquet             what the report and dashboard show from the model
       report.html
       shards/<stage>/00000.parquet   partial results of a resumable stage
 
@@ -29,6 +30,7 @@ from lookuplens.store.atomic import atomic_write_bytes
 from lookuplens.store.jsondata import canonical_json, config_sha256, redact, to_jsonable
 from lookuplens.store.rundir import RunDir
 from lookuplens.store.schema import (
+    COLUMN_DOCS,
     FORMAT_VERSION,
     NULLABLE_COLUMNS,
     STAGE_TABLES,
@@ -40,6 +42,7 @@ from lookuplens.store.schema import (
 from lookuplens.store.shards import ShardStore
 
 __all__ = [
+    "COLUMN_DOCS",
     "FORMAT_VERSION",
     "NULLABLE_COLUMNS",
     "STAGES",

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "COLUMN_DOCS",
     "FORMAT_VERSION",
     "NULLABLE_COLUMNS",
     "STAGES",
@@ -49,7 +50,7 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "verify": ("effects", "findings"),
     "explain": ("explanations",),
     "score": ("scores", "score_controls"),
-    "report": ("report.html",),
+    "report": ("views", "report.html"),
 }
 """What each stage writes: table names (``NAME.parquet``), or file names with a suffix.
 A stage's shards (``shards/<stage>/``) belong to it as well."""
@@ -202,8 +203,42 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "median_delta_logprob": _F64,
         "kept": _BOOL,
     },
+    "views": {
+        "kind": _STR,
+        "layer": _I64,
+        "neuron": _I64,
+        "head_layer": _I64,
+        "head": _I64,
+        "example_id": _I64,
+        "token_ids": pa.list_(_I64),
+        "tokens": pa.list_(_STR),
+        "values": pa.list_(_F64),
+    },
 }
 """Required columns and their types, per table. Tables may carry extra columns."""
+
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "views": {
+        "kind": "activation: a prompt shown for its neuron; attention: a prompt shown for a "
+        "(neuron, head) pair; promoted, suppressed: a neuron's vocabulary.",
+        "layer": "The neuron's layer.",
+        "neuron": "The neuron's index in its layer.",
+        "head_layer": "The head's layer (attention rows; null otherwise).",
+        "head": "The head's index in its layer (attention rows; null otherwise).",
+        "example_id": "The prompt, an example_id of the examples table (activation and "
+        "attention rows; null for the vocabulary).",
+        "token_ids": "The prompt's token ids (as examples.tokens), or the promoted (largest "
+        "first) or suppressed (most negative first) token ids.",
+        "tokens": "The text of each token as the model's tokenizer shows it, so that the run "
+        "directory renders without the model.",
+        "values": "One value per token: the neuron's activation (mlp.hook_post) at the "
+        "token; the head's attention weight from the last token (the firing position) to "
+        "it; or the congruence W_out[neuron] @ W_U of the vocabulary token.",
+    },
+}
+"""What each column means, for the tables not described in CONVENTIONS.md. ``views``
+(written by the report stage) holds what the report and the dashboard's read-only pages
+show from the model, so a run directory renders without it (`lookuplens.report.views`)."""
 
 NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
     # neuron-level rows have no head; failed rows (status column) have no explanation/score
@@ -213,6 +248,8 @@ NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
     ),
     "score_controls": frozenset({"auroc", "tp", "fp", "tn", "fn", "balanced_accuracy"}),
     "findings": frozenset({"ks_stat"}),
+    # attention rows name a head and a prompt, vocabulary rows neither
+    "views": frozenset({"head_layer", "head", "example_id"}),
 }
 """Required columns that may hold nulls; every other required column may not."""
 
