@@ -70,7 +70,8 @@ class VerifyConfig:
     head_ablations: bool = True
     """Ablate the head of every kept pair on its neuron's examples (and run the KS test)."""
     source_swap: bool = True
-    """Measure ``head_source_swap`` on the ablated heads (needs contrast prompts)."""
+    """Measure ``cue_swap`` and ``head_source_swap`` on the neurons' top prompts
+    (`lookuplens.cueswap`); the headline findings rest on them."""
     swap_fillers: int = 16
     """Replacement words tried per position: the slot's most frequent fillers."""
     swap_screen: int = 4
