@@ -353,7 +353,7 @@ def _head_patches(
         out = lm.replay_layers(calls, hl, lm.n_layers - 1, by_layer[hl].hidden[rows], rows, hooks)
         pos = mask[rows].sum(1) - 1
         at = torch.arange(len(chunk))
-        logits = lm.unembed(out)[at, pos].double()
+        logits = lm.unembed(out[at, pos]).double()
         lp = torch.log_softmax(logits, dim=-1).cpu()
         cols = torch.tensor([c.row.neuron for c, _ in chunk])
         act = got["post"][at, pos, cols].double().cpu()

@@ -55,17 +55,25 @@ def forward(
             acts[sel] = x[sel, pos[sel], cols].double().cpu()
 
         hooks.append((hook_name(layer, "mlp.hook_post"), grab))
+    at = torch.arange(len(rows))
     if calls is None:
-        logits, _ = lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=hooks)
-        assert logits is not None
+        # the final residual stream, unembedded at the last positions only (a full LM head
+        # over every position costs as much as the rest for a large vocabulary)
+        got: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, _n: str) -> None:
+            got["out"] = x
+
+        hooks.append((hook_name(lm.n_layers - 1, "hook_resid_post"), keep))
+        lm.run_with_cache(
+            ids, [], attention_mask=mask, extra_hooks=hooks, stop_after_layer=lm.n_layers - 1
+        )
+        out = got["out"]
     else:
         # prefix reuse: layers before the first edited one are the same as in the clean run
         start = min(r.layer for r in rows)
-        out = lm.replay_layers(
-            calls, start, lm.n_layers - 1, calls[start].hidden, torch.arange(len(rows)), hooks=hooks
-        )
-        logits = lm.unembed(out)
-    last = logits[torch.arange(len(rows)), pos].double()
+        out = lm.replay_layers(calls, start, lm.n_layers - 1, calls[start].hidden, at, hooks=hooks)
+    last = lm.unembed(out[at, pos.to(out.device)]).double()
     return torch.log_softmax(last, dim=-1).cpu(), acts
 
 

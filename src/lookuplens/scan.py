@@ -21,7 +21,11 @@ freed (``ScanConfig.bound_heap``). With glibc's default, a dynamic threshold, ba
 changing shapes leave a fragmented heap that kept growing with the number of batches
 (+27% peak RSS from 100k to 1M storyworld tokens). The cost is fresh pages for every
 batch: about 6% of scan time on the bundled model, and on a GPT-2-small-shaped model the
-scan fell from 1.52x to 1.28x a plain HF forward (runs on different days).
+scan fell from 1.52x to 1.28x a plain HF forward (runs on different days). When the scan
+ends, the threshold is raised to `RELEASED_MMAP_THRESHOLD` (glibc cannot turn its dynamic
+threshold back on): left at 1 MiB, every later stage of the process pays for fresh pages
+on each allocation (the storyworld's verify stage took 116 s instead of 57 s, 100 s of it
+in the kernel); at 256 MiB it takes 59 s.
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ class ScanConfig:
     """Documents per shard; an interrupted scan resumes at a shard boundary."""
 
     bound_heap: bool = True
-    """On glibc, serve allocations of 1 MiB or more with ``mmap`` for the rest of the
-    process, so that peak memory does not grow with the corpus (see the module docstring);
-    False leaves the allocator alone."""
+    """On glibc, serve allocations of 1 MiB or more with ``mmap`` while the scan runs, so
+    that peak memory does not grow with the corpus (see the module docstring); False
+    leaves the allocator alone."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -331,6 +335,10 @@ def count_documents(spec: CorpusSpec) -> int | None:
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
+RELEASED_MMAP_THRESHOLD = 256 << 20
+"""The ``mmap`` threshold after a bounded scan: only very large buffers bypass the heap."""
+
+
 def bound_native_heap(threshold: int = 1 << 20) -> bool:
     """Make glibc serve allocations of ``threshold`` bytes or more with ``mmap`` (returned
     to the system on free), which also turns off its dynamic threshold. Process-wide and
@@ -358,8 +366,22 @@ def scan_corpus(
             "no neurons to scan; the neurons stage selected none (check --layers "
             "and the token filter)"
         )
-    if cfg.bound_heap:
-        bound_native_heap()
+    bounded = cfg.bound_heap and bound_native_heap()
+    try:
+        return _scan(lm, neurons, spec, cfg, shards, on_progress)
+    finally:
+        if bounded:
+            bound_native_heap(RELEASED_MMAP_THRESHOLD)
+
+
+def _scan(
+    lm: LoadedModel,
+    neurons: Sequence[tuple[int, int]],
+    spec: CorpusSpec,
+    cfg: ScanConfig,
+    shards: ShardStore | None,
+    on_progress: Callable[[ScanProgress], None] | None,
+) -> ScanResult:
     reader = NeuronReader(lm, neurons)
     pad = pad_id(lm)
     total_docs = count_documents(spec)

@@ -35,7 +35,12 @@ def lm() -> LoadedModel:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     cfg = RunConfig(corpus=CorpusSpec("storyworld", storyworld_docs=N_DOCS))
-    return run_pipeline(cfg, tmp_path_factory.mktemp("bundled") / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a real run's setting (tests/conftest.py sets 1 for tiny models)
+    try:
+        return run_pipeline(cfg, tmp_path_factory.mktemp("bundled") / "run")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -286,7 +286,7 @@ def _score_block(s: Mapping[str, object]) -> Html:
     return Html(f'<div class="score"><p>{head}</p>{conf}</div>')
 
 
-_METHOD_LABELS = {
+METHOD_LABELS = {
     "direct": "direct",
     "raw": "raw",
     "zero_ablation": "zero abl.",
@@ -298,7 +298,7 @@ _METHOD_LABELS = {
 
 
 def _method_label(method: str) -> Html:
-    label = _METHOD_LABELS.get(method, method)
+    label = METHOD_LABELS.get(method, method)
     return Html(f'<span title="{esc(method)}">{esc(label)}</span>')
 
 

@@ -14,23 +14,13 @@ from string import Template
 from urllib.parse import urlencode
 
 from lookuplens.report.data import finite
-from lookuplens.report.details import NO_HEAD, effects_table, explanations_block
+from lookuplens.report.details import METHOD_LABELS, NO_HEAD, effects_table, explanations_block
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import token_pill
 from lookuplens.server.data import NEURON_SORTS, PAIR_SORTS, RunData
 from lookuplens.server.records import Page
 
 __all__ = ["neuron_page", "overview_page", "pair_page", "playground_page"]
-
-_METHOD_LABELS = {
-    "direct": "direct",
-    "raw": "raw",
-    "zero_ablation": "zero abl.",
-    "mean_ablation": "mean abl.",
-    "resample_ablation": "resample abl.",
-    "attribution_patching": "attr. patching",
-    "path_patching": "path patching",
-}
 
 
 def asset(name: str) -> str:
@@ -276,7 +266,7 @@ def _heads_table(data: RunData, layer: int, neuron: int, detail: Mapping[str, ob
     methods = list(detail["methods"])  # type: ignore[call-overload]
     headers: list[str | Html] = ["head"]
     headers += [
-        Html(f'<span title="{esc(m)}">{esc(_METHOD_LABELS.get(m, m))}</span>') for m in methods
+        Html(f'<span title="{esc(m)}">{esc(METHOD_LABELS.get(m, m))}</span>') for m in methods
     ]
     headers += ["active rate", "kept", "KS D", "KS p", "\u0394log p, ablated", "E", ""]
     rows: list[list[object]] = []
