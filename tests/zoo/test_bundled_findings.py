@@ -253,7 +253,9 @@ def test_headline_findings_name_the_article_lookup(run: RunDir, an_neuron: tuple
     gt = run.meta["ground_truth"]
     assert [layer, neuron, int(top.head_layer), int(top["head"])] in gt["truth_pairs"]
     assert gt["cue_decides"]["article"] >= 0.9
-    assert gt["precision"] >= 0.5, gt
+    # on this 500-story slice: precision 1.00 (4 of 4), recall 0.57; the default run's
+    # 2,000 stories give 1.00 and 0.86 (docs/worlds.md)
+    assert gt["precision"] >= 0.9, gt
 
 
 def test_explanations_are_specific_to_their_pair(run: RunDir) -> None:
