@@ -180,3 +180,22 @@ def _tokenizer(tmp_path: Path):  # type: ignore[no-untyped-def]
     vocab = {f"w{i}": i for i in range(64)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0")
+
+
+def test_the_head_screen_patches_only_the_heads_it_ranks_highest(lm: LoadedModel) -> None:
+    """With `swap_heads` = 1, each cue gets one head row, and it is one of the rows the
+    unscreened run measures, with the same effect."""
+    layer = 1
+    prompts = [lm.to_tokens(t)[0].tolist() for t in TOP]
+    n = _strongest_neuron(lm, prompts, layer)
+    base = {"neuron_interventions": False, "swap_min_drop": 1e-4, "batch_rows": 5}
+    full = verify_run(lm, *_tables(lm, prompts, n, layer), VerifyConfig(**base))[0].to_pandas()
+    one = verify_run(lm, *_tables(lm, prompts, n, layer), VerifyConfig(**base, swap_heads=1))[
+        0
+    ].to_pandas()
+    cols = ["example_id", "swap_position", "head_layer", "head"]
+    heads = one[one.intervention == "head_source_swap"]
+    assert len(heads) == (one.intervention == "cue_swap").sum() > 0
+    merged = heads.merge(full[full.intervention == "head_source_swap"], on=cols)
+    assert len(merged) == len(heads)
+    assert (merged.delta_activation_x - merged.delta_activation_y).abs().max() < 1e-5

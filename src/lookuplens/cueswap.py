@@ -119,9 +119,10 @@ class _Clean:
     grad_embed: Tensor
     """``[B, p, d_model]`` d(activation)/d(input embedding)."""
     grad_z: dict[int, Tensor]
-    """Per upstream layer ``[B, p, H, d_head]`` d(activation)/d(z)."""
+    """Per upstream layer ``[B, p, H, d_head]`` d(activation)/d(z) (only for the head
+    screen, ``SwapSettings.heads`` > 0; else empty)."""
     z: dict[int, Tensor]
-    """Per upstream layer ``[B, p, H, d_head]`` z of the clean run."""
+    """Per upstream layer ``[B, p, H, d_head]`` z of the clean run (as `grad_z`)."""
     activation: Tensor
     """``[B]`` the neuron's activation at the last position."""
 
@@ -143,7 +144,7 @@ def cue_swaps(
     for layer, rs in sorted(by_layer.items()):
         for j in range(0, len(rs), cfg.batch_rows):
             part = rs[j : j + cfg.batch_rows]
-            clean = _clean_grads(lm, part, layer)
+            clean = _clean_grads(lm, part, layer, with_z=cfg.heads > 0)
             cands = _screen(lm, part, clean, slots, cfg)
             _run_swaps(lm, cands, layer, cfg.batch_rows)
             cues = _strongest(cands, cfg)
@@ -155,7 +156,8 @@ def cue_swaps(
             for c in cues:
                 assert c.logprobs is not None and c.activation is not None
                 yield c, None, c.logprobs, c.activation
-            jobs = [(c, h) for c in cues for h in _heads(lm, c, part.index(c.row), clean, cfg)]
+            index = {id(r): i for i, r in enumerate(part)}
+            jobs = [(c, h) for c in cues for h in _heads(lm, c, index[id(c.row)], clean, cfg)]
             for c, h, lp, act in _head_patches(lm, part, jobs, cfg.batch_rows):
                 yield c, h, lp, act
             done += len(part)
@@ -163,12 +165,13 @@ def cue_swaps(
                 on_done(done, len(rows))
 
 
-def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int) -> _Clean:
-    """One forward and backward pass of the clean prompts (see `_Clean`)."""
+def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int, with_z: bool) -> _Clean:
+    """One forward and backward pass of the clean prompts (see `_Clean`); the heads' ``z``
+    and its gradient only `with_z`."""
     ids, mask = pad_right(lm, [r.tokens for r in rows])
     pos = mask.sum(1) - 1
     cols = torch.tensor([r.neuron for r in rows])
-    layers = upstream_layers(lm, layer)
+    layers = upstream_layers(lm, layer) if with_z else []
     leaf: dict[str, Tensor] = {}
     zs: dict[int, Tensor] = {}
     got: dict[str, Tensor] = {}

@@ -350,9 +350,12 @@ def compare(
     if run.has_table("findings"):
         f = run.read_df("findings")
         f = f[~f.baseline & f.token.isin(list(kind_of))]
+        cue_ids: dict[str, set[int]] = {}
         for r in f.itertuples():
             key = (int(r.layer), int(r.neuron), int(r.head_layer), int(r.head))
-            mine = _cue_token_ids(lm, planted_world.cues_of(str(r.token)))
+            if r.token not in cue_ids:
+                cue_ids[r.token] = _cue_token_ids(lm, planted_world.cues_of(str(r.token)))
+            mine = cue_ids[r.token]
             if len(r.cue_token_ids) and int(r.cue_token_ids[0]) in mine:
                 predicted.add(key)
             else:
