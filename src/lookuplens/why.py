@@ -55,6 +55,9 @@ class WhyConfig:
     control_draws: int = 5
     """Random same-layer neuron sets zeroed as the control (their mean p is shown)."""
     seed: int = 0
+    causal_check: bool = True
+    """Run the ablations (False: the decomposition and the head attribution only, as
+    `lookuplens fix` uses them to propose edits)."""
 
     def __post_init__(self) -> None:
         if min(self.top_neurons, self.top_heads, self.top_sources, self.max_ablated) < 1:
@@ -318,6 +321,8 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         neuron_total=float(allc.sum()),
         neurons=neurons,
     )
+    if not cfg.causal_check:
+        return result
     return _with_ablations(lm, ids, p, result, ranking, flat, cfg)
 
 

@@ -17,6 +17,7 @@ import typer
 
 from lookuplens.cli.app import app, err_console, state
 from lookuplens.cli.click_compat import click_exceptions
+from lookuplens.cli.fix import fix_cmd
 from lookuplens.cli.inspect_cmd import inspect_cmd
 from lookuplens.cli.run import STAGE_COMMANDS, stage_command
 from lookuplens.cli.stages import attribute_cmd, explain_cmd, report_cmd, score_cmd, verify_cmd
@@ -28,6 +29,7 @@ __all__ = ["app", "main", "print_summary"]
 
 app.command("inspect")(inspect_cmd)
 app.command("why")(why_cmd)
+app.command("fix")(fix_cmd)
 app.command("attribute")(attribute_cmd)
 app.command("verify")(verify_cmd)
 app.command("report")(report_cmd)

@@ -182,6 +182,38 @@ def train_tripworld_command(
     typer.echo(f"saved {path}")
 
 
+@app.command("prompts")
+def prompts_command(
+    world: Annotated[str, typer.Option(help="storyworld or tripworld.")] = "storyworld",
+    target: Annotated[str, typer.Option(help='Only this planted target, e.g. " an".')] = "",
+    kind: Annotated[
+        str, typer.Option(help="Only this kind (storyworld: article, topic, name).")
+    ] = "",
+    cue: Annotated[str, typer.Option(help="Only look-ups decided by this cue word.")] = "",
+    exclude_target: Annotated[str, typer.Option(help="Leave out this planted target.")] = "",
+    n: Annotated[int, typer.Option(help="Prompts to write.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out documents.")] = 11,
+) -> None:
+    """Print held-out prompts ending right before a planted target, as JSONL
+    (prompt, expected, kind, cue, doc_id): inputs for `lookuplens fix`."""
+    from lookuplens.zoo.prompts import planted_prompts
+
+    try:
+        rows = planted_prompts(
+            world,
+            n,
+            seed,
+            target=target or None,
+            kind=kind or None,
+            cue=cue or None,
+            exclude_target=exclude_target or None,
+        )
+    except LookuplensError as exc:
+        raise _fail(str(exc)) from exc
+    for r in rows:
+        typer.echo(json.dumps(r))
+
+
 @app.command("card")
 def card_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (from `zoo train`).")],
