@@ -65,6 +65,9 @@ def fix_cmd(
     max_steps: Annotated[
         int, typer.Option(help="The most candidates a greedy combination joins.")
     ] = 4,
+    kinds: Annotated[
+        str, typer.Option(help="Edit kinds to propose, comma-separated: path,neuron,head.")
+    ] = "path,neuron,head",
     side_tokens: Annotated[int, typer.Option(help="Held-out tokens for side effects.")] = 8192,
     naive: Annotated[
         bool, typer.Option(help="Compare with zeroing each involved head or neuron.")
@@ -85,6 +88,7 @@ def fix_cmd(
             amplify=amplify,
             max_control_drop=max_control_drop,
             max_steps=max_steps,
+            kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
         )
     except ValueError as e:
         raise UserError(f"{e}") from None

@@ -243,6 +243,7 @@ def run_fix(
         n_heads=settings.n_heads,
         run_findings=findings,
     )
+    candidates = [g for g in candidates if all(e.kind in settings.kinds for e in g)]
     if inputs.edits is not None:
         candidates = [tuple(sorted(set(inputs.edits)))]
     if not candidates:

@@ -74,6 +74,8 @@ class FixSettings:
     """The most candidates a greedy combination joins."""
     pool: int = 8
     """The candidates (largest effect within the budget) the greedy search combines."""
+    kinds: tuple[str, ...] = ("path", "neuron", "head")
+    """The edit kinds proposed."""
 
     def __post_init__(self) -> None:
         if self.goal not in ("decrease", "increase"):
@@ -86,6 +88,9 @@ class FixSettings:
             raise ValueError("amplify must be above 1")
         if min(self.decompose, self.n_neurons, self.n_heads, self.max_steps, self.pool) < 1:
             raise ValueError("decompose, n_neurons, n_heads, max_steps and pool must be at least 1")
+        bad = sorted(set(self.kinds) - {"path", "neuron", "head"})
+        if bad or not self.kinds:
+            raise ValueError(f"kinds must be among path, neuron, head; got {', '.join(self.kinds)}")
         if not 0 <= self.max_control_drop <= 1:
             raise ValueError("max_control_drop must be in [0, 1]")
 
