@@ -59,7 +59,7 @@ def test_path_edit_removes_exactly_the_heads_write_into_the_neuron(lm: LoadedMod
         # other neurons' inputs change only by their overlap with the removed directions
         q, _ = torch.linalg.qr(d_n.T)
         removed = before @ q @ q.T
-        for o, d in d_others.items():
+        for d in d_others.values():
             torch.testing.assert_close(after @ d.T, (before - removed) @ d.T, rtol=0, atol=1e-7)
         # only that head's slice of the output projection changed
         changed = [k for k, v in lm.hf.named_parameters() if not torch.equal(v, params[k])]
