@@ -72,7 +72,7 @@ def main() -> None:
 
     lm = load_model(args.model, device="cpu")
     inputs = FixInputs(model=args.model, target=args.target, prompts_file="", out="")
-    side = _side_effects(lm, *_side_corpus(inputs, None), inputs, lm.resolve_token(args.target))
+    side = _side_effects(lm, *_side_corpus(inputs, None), inputs, (lm.resolve_token(args.target),))
     t1 = time.perf_counter()
     side.prepare(lm)
     forward = time.perf_counter() - t1

@@ -66,8 +66,9 @@ def fix_cmd(
         int, typer.Option(help="The most candidates a greedy combination joins.")
     ] = 4,
     kinds: Annotated[
-        str, typer.Option(help="Edit kinds to propose, comma-separated: path,neuron,head.")
-    ] = "path,neuron,head",
+        str,
+        typer.Option(help="Edit kinds to propose, comma-separated: path,neuron,head,logit."),
+    ] = "path,neuron,head,logit",
     side_tokens: Annotated[int, typer.Option(help="Held-out tokens for side effects.")] = 8192,
     naive: Annotated[
         bool, typer.Option(help="Compare with zeroing each involved head or neuron.")
@@ -148,8 +149,10 @@ def _print_summary(r: dict, out: str) -> None:  # type: ignore[type-arg]
                 f"  naive {name}: no effect in the goal's direction to compare", highlight=False
             )
             continue
+        ratio = n["kl_ratio"]
+        how = f"{ratio:.1f}x" if ratio >= 1 else f"1/{1 / max(ratio, 1e-12):.1f} of"
         c.print(
-            f"  naive {name}: {n['kl_ratio']:.1f}x the fix's side effect at equal effect "
+            f"  naive {name}: {how} the fix's side effect at equal effect "
             f"({n['at_effect']:+.3f}; KL {n['naive_matched']['side_effects']['kl']:.4f} vs "
             f"{n['fix_matched']['side_effects']['kl']:.4f})",
             highlight=False,

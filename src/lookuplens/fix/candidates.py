@@ -9,8 +9,9 @@ push the target most and, for each, the heads that drive it most (mean `direct`
 attribution) give the candidates: a neuron edit for each neuron, a path edit for each
 (head, neuron), a head edit for each head; and, for a prediction that many neurons
 carry together, groups: the top 2, 4, 8, ... neurons, and each head's paths into its
-top 2, 4, 8, ... neurons. A run's findings add their pairs when the neuron is one of
-those or predicts the target.
+top 2, 4, 8, ... neurons; and logit edits of the top 1, 2, 4, ... neurons (their writes
+along the target's logit direction against its alternatives, removed or reversed). A
+run's findings add their pairs when the neuron is one of those or predicts the target.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def propose(
     n_neurons: int = 16,
     n_heads: int = 2,
     run_findings: list[dict[str, object]] | None = None,
+    alternatives: tuple[tuple[int, float], ...] = (),
+    logit_scales: tuple[float, ...] = (),
 ) -> tuple[list[tuple[Edit, ...]], Evidence]:
     """Candidate edits (each a group of edits with `scale`: single edits first, then the
     groups) and the evidence."""
@@ -155,6 +158,26 @@ def propose(
         size *= 2
     if len(chosen) > 2:
         add([neuron(x) for x in chosen])
+    # the neurons' writes along the target's logit direction, removed or reversed: the
+    # top 1, 2, 4, ... neurons and all of them, at each scale
+    for sc in logit_scales:
+        logits = [
+            Edit(
+                "logit",
+                sc,
+                layer=x[0],
+                neuron=x[1],
+                token=prompts.target_id,
+                alternatives=alternatives,
+                token_text=prompts.target,
+            )
+            for x in chosen
+        ]
+        size = 1
+        while size < len(logits):
+            add(logits[:size])
+            size *= 2
+        add(logits)
     for h, ks in drives.items():
         if len(ks) > 2:
             add([path(h, x) for x in ks])

@@ -4,7 +4,8 @@ controls' answers, and side effects on held-out text.
 All of it is a plain forward pass of the (edited) model: the final residual stream of
 every sequence, unembedded at the positions that are read. Side effects compare the
 next-token distribution at every position of the held-out text with the original
-model's (KL(original || edited) per token) and report the change of the text's loss.
+model's, over every token but the target (`rest_kl`), and report the plain KL and the
+change of the text's loss too.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class TargetResult:
     top_is_target: list[bool]
     contrast_wins: list[bool] | None
     """With a contrast token: whether its logit is above the target's."""
+    rest_kl: list[float] | None = None
+    """Against the unedited model: per prompt, how much what the model predicts instead of
+    the target changed (`rest_kl`; None for the unedited model itself)."""
 
     @property
     def score(self) -> float:
@@ -141,10 +145,16 @@ class TargetResult:
             "top": self.top,
             "top_is_target": self.top_is_target,
             "contrast_wins": self.contrast_wins,
+            "rest_kl": self.rest_kl,
+            "mean_rest_kl": None if self.rest_kl is None else float(np.mean(self.rest_kl)),
         }
 
 
-def measure_target(lm: LoadedModel, prompts: PromptSet) -> TargetResult:
+def measure_target(
+    lm: LoadedModel, prompts: PromptSet, base: Tensor | None = None
+) -> tuple[TargetResult, Tensor]:
+    """The target on every prompt, and the log-probs it was read from; with `base` (the
+    unedited model's log-probs) also the change of everything else (`rest_kl`)."""
     lp = final_logprobs(lm, prompts.ids)
     t = lp[:, prompts.target_id]
     top_ids = lp.argmax(-1).tolist()
@@ -153,14 +163,18 @@ def measure_target(lm: LoadedModel, prompts: PromptSet) -> TargetResult:
         c = lp[:, prompts.contrast_id]
         diff = (t - c).tolist()
         wins = [bool(x) for x in (c > t).tolist()]
-    return TargetResult(
+    exclude = [prompts.target_id] + ([] if prompts.contrast_id is None else [prompts.contrast_id])
+    rk = None if base is None else rest_kl(base, lp, exclude).double().tolist()
+    result = TargetResult(
         prob=t.exp().tolist(),
         logprob=t.tolist(),
         diff=diff,
         top=[lm.token_str(int(i)) for i in top_ids],
         top_is_target=[int(i) == prompts.target_id for i in top_ids],
         contrast_wins=wins,
+        rest_kl=rk,
     )
+    return result, lp
 
 
 @dataclass(frozen=True)
@@ -189,7 +203,8 @@ class SideEffects:
     """Held-out text and the original model's next-token distribution over it."""
 
     seqs: list[list[int]]
-    target_id: int
+    exclude: tuple[int, ...]
+    """The target (and the contrast token): their own change is the fix, not a side effect."""
     base_loss: float = float("nan")
     on_target_tokens: int = 0
     """Scored positions where the original model predicts the target (left out of ``kl``)."""
@@ -221,7 +236,7 @@ class SideEffects:
             lp, nxt, scored = self._logprobs(lm, idx)
             nll -= float(lp.gather(-1, nxt[..., None])[..., 0][scored].double().sum())
             n += int(scored.sum())
-            self._on_target.append((lp.argmax(-1) == self.target_id) & scored)
+            self._on_target.append((lp.argmax(-1) == self.exclude[0]) & scored)
             if size <= _CACHE_BYTES:
                 cache.append(lp)
         self.base_loss = nll / max(n, 1)
@@ -229,16 +244,16 @@ class SideEffects:
         self.on_target_tokens = sum(int(o.sum()) for o in self._on_target)
 
     def measure(self, lm: LoadedModel, original: LoadedModel | None = None) -> dict[str, float]:
-        """Side effects: ``kl``, the mean KL(original || edited) per token at the positions
-        where the original model's top prediction is not the target, and its 95th
-        percentile; ``kl_all``, the mean over every position; the loss and its change.
+        """Side effects (see `rest_kl`): ``kl``, the mean per token of KL(original ||
+        edited) over every token but the target (and contrast), its 95th percentile
+        ``kl_p95``; ``kl_all``, the mean of the plain KL; the loss and its change.
 
         Without a cache (large vocabularies), `original` must be an unedited model of the
         same weights (it may be `lm` itself only when nothing is edited)."""
         if not self._batches:
             raise RuntimeError("SideEffects.prepare must run on the original model first")
-        kls: list[Tensor] = []
-        off: list[Tensor] = []
+        rest: list[Tensor] = []
+        plain: list[Tensor] = []
         nll, n = 0.0, 0
         for b, idx in enumerate(self._batches):
             lp, nxt, scored = self._logprobs(lm, idx)
@@ -248,16 +263,33 @@ class SideEffects:
                 if original is None:
                     raise RuntimeError("no cached original log-probs: pass the original model")
                 base, _, _ = self._logprobs(original, idx)
-            kl = (base.exp() * (base - lp)).sum(-1).clamp_min(0)
-            kls.append(kl[scored].double())
-            off.append(kl[scored & ~self._on_target[b]].double())
+            plain.append(((base.exp() * (base - lp)).sum(-1).clamp_min(0))[scored].double())
+            rest.append(rest_kl(base, lp, self.exclude)[scored].double())
             nll -= float(lp.gather(-1, nxt[..., None])[..., 0][scored].double().sum())
             n += int(scored.sum())
-        allkl, offkl = torch.cat(kls), torch.cat(off)
+        restkl, allkl = torch.cat(rest), torch.cat(plain)
         return {
-            "kl": float(offkl.mean()) if len(offkl) else 0.0,
+            "kl": float(restkl.mean()),
+            "kl_p95": float(torch.quantile(restkl.float(), 0.95)),
             "kl_all": float(allkl.mean()),
-            "kl_p95": float(torch.quantile(offkl.float(), 0.95)) if len(offkl) else 0.0,
             "loss": nll / max(n, 1),
             "loss_change": nll / max(n, 1) - self.base_loss,
         }
+
+
+def rest_kl(base: Tensor, new: Tensor, exclude: Sequence[int]) -> Tensor:
+    """KL(base || new) between the next-token distributions with the `exclude` tokens (the
+    target, and the contrast token) taken out and the rest renormalised, per position.
+
+    This is the side effect of a fix: an edit that only moves probability into or out of
+    the target (from or to every other token in proportion) scores 0, wherever the target
+    is predicted or not; one that changes what the model says instead does not."""
+    idx = torch.tensor(list(exclude), dtype=torch.long)
+
+    def cond(x: Tensor) -> Tensor:
+        x = x.float().clone()
+        x[..., idx] = -1e30
+        return x - torch.logsumexp(x, -1, keepdim=True)
+
+    b, n = cond(base), cond(new)
+    return (b.exp() * (b - n)).sum(-1).clamp_min(0)

@@ -148,7 +148,7 @@ def _side_corpus(inputs: FixInputs, run_meta: dict[str, Any] | None) -> tuple[st
 
 
 def _side_effects(
-    lm: LoadedModel, source: str, opts: dict[str, Any], inputs: FixInputs, target_id: int
+    lm: LoadedModel, source: str, opts: dict[str, Any], inputs: FixInputs, exclude: tuple[int, ...]
 ) -> SideEffects:
     from lookuplens.corpus import CorpusSpec, iter_tokenized
 
@@ -165,7 +165,7 @@ def _side_effects(
     seqs = [s for s in seqs if len(s) >= 2]
     if not seqs:
         raise UserError(f"the side-effect corpus {source} has no text; pass another --corpus")
-    return SideEffects(seqs, target_id)
+    return SideEffects(seqs, exclude)
 
 
 def _run_findings(run_dir: str) -> tuple[list[dict[str, object]], dict[str, Any]]:
@@ -231,9 +231,11 @@ def run_fix(
         else None
     )
     source, opts = _side_corpus(inputs, run_meta)
-    side = _side_effects(lm, source, opts, inputs, target_id)
+    exclude = (target_id,) if contrast_id is None else (target_id, contrast_id)
+    side = _side_effects(lm, source, opts, inputs, exclude)
     say(f"{len(texts)} prompts, {len(controls.texts)} controls, {side.n_tokens} held-out tokens")
 
+    alternatives = _alternatives(lm, prompts)
     candidates, evidence = propose(
         lm,
         prompts,
@@ -242,6 +244,8 @@ def run_fix(
         n_neurons=settings.n_neurons,
         n_heads=settings.n_heads,
         run_findings=findings,
+        alternatives=alternatives,
+        logit_scales=settings.scales_of_logit_edits,
     )
     candidates = [g for g in candidates if all(e.kind in settings.kinds for e in g)]
     if inputs.edits is not None:
@@ -302,6 +306,26 @@ def run_fix(
     return result
 
 
+def _alternatives(
+    lm: LoadedModel, prompts: PromptSet, top: int = 20
+) -> tuple[tuple[int, float], ...]:
+    """What the target is weighed against in a logit edit: the contrast token; else what
+    the unedited model predicts instead of the target on the prompts (its distribution
+    without the target, averaged over the prompts, the top `top` tokens renormalised)."""
+    if prompts.contrast_id is not None:
+        return ((prompts.contrast_id, 1.0),)
+    from lookuplens.fix.measure import final_logprobs
+
+    p = final_logprobs(lm, prompts.ids).exp()
+    p[:, prompts.target_id] = 0
+    q = (p / p.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)
+    w, ids = q.topk(min(top, len(q)))
+    w = w / w.sum()
+    return tuple(
+        (int(i), round(float(x), 6)) for i, x in zip(ids.tolist(), w.tolist(), strict=True)
+    )
+
+
 def _requirement_text(s: FixSettings, contrast: bool) -> str:
     r = f"{s.require:.0%}"
     if s.goal == "decrease":
@@ -350,8 +374,8 @@ def _naive(search: Search, chosen: Candidate, evidence: dict[str, Any]) -> list[
         row["naive_matched"] = None if naive_eq is None else naive_eq.to_dict()
         row["fix_matched"] = None if fix_eq is None else fix_eq.to_dict()
         row["kl_ratio"] = (
-            naive_eq.side["kl"] / fix_eq.side["kl"]
-            if naive_eq is not None and fix_eq is not None and fix_eq.side["kl"] > 0
+            naive_eq.side["kl"] / max(fix_eq.side["kl"], 1e-12)
+            if naive_eq is not None and fix_eq is not None
             else None
         )
         out.append(row)
@@ -377,13 +401,13 @@ def _export(
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        check_before = measure_target(lm, check) if check is not None else None
+        check_before, check_lp = measure_target(lm, check) if check is not None else (None, None)
         with applied(lm, chosen.edits):
             lm.hf.save_pretrained(tmp / "model")
             lm.tokenizer.save_pretrained(tmp / "model")
         # the figures written are the reloaded model's
         edited = load_model(str(tmp / "model"), device=inputs.device, dtype=inputs.dtype)  # type: ignore[arg-type]
-        t = measure_target(edited, prompts)
+        t, _ = measure_target(edited, prompts, search.before_lp)
         answers = controls.answers(edited)
         sfx = side.measure(edited, original=lm)
         ach = search.achieved(t)
@@ -404,7 +428,7 @@ def _export(
             ),
         }
         if check is not None and check_before is not None:
-            ca = measure_target(edited, check)
+            ca, _ = measure_target(edited, check, check_lp)
             result["check_prompts"] = {
                 "prompts": check.texts,
                 "before": check_before.to_dict(),

@@ -11,11 +11,12 @@ figure says whether it does the job:
 - increase, no contrast: the share of prompts where the target is the top prediction;
 - increase, with contrast: the share of prompts where the target beats the contrast.
 
-A candidate is *within the budget* when its side effect (mean KL per token of held-out
-text, at the positions where the original model does not predict the target: changing
-the target where it is predicted is the point of the fix, not a side effect; every
-position's KL is reported too) is at most `max_kl`, and the controls' accuracy drops by
-at most `max_control_drop`.
+A candidate is *within the budget* when its side effect (the mean per token of held-out
+text of the KL between the original's and the edited model's next-token distributions
+over every token but the target and the contrast token, renormalised: moving
+probability into or out of the target is the fix, what the model predicts instead is a
+side effect; the plain KL is reported too) is at most `max_kl`, and the controls'
+accuracy drops by at most `max_control_drop`.
 
 Greedy combinations start from the candidate of largest effect within the budget and
 add, one at a time, the pool candidate that raises the effect most within the budget,
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from torch import Tensor
 
 from lookuplens.errors import UserError
 from lookuplens.fix.edits import Edit, applied, describe
@@ -74,8 +76,11 @@ class FixSettings:
     """The most candidates a greedy combination joins."""
     pool: int = 8
     """The candidates (largest effect within the budget) the greedy search combines."""
-    kinds: tuple[str, ...] = ("path", "neuron", "head")
+    kinds: tuple[str, ...] = ("path", "neuron", "head", "logit")
     """The edit kinds proposed."""
+    logit_scales: tuple[float, ...] = (0.0, -1.0, -3.0)
+    """The scales of the logit edits when decreasing (0 removes the neurons' push towards
+    the target, a negative scale reverses it); increasing uses `amplify`."""
 
     def __post_init__(self) -> None:
         if self.goal not in ("decrease", "increase"):
@@ -88,15 +93,21 @@ class FixSettings:
             raise ValueError("amplify must be above 1")
         if min(self.decompose, self.n_neurons, self.n_heads, self.max_steps, self.pool) < 1:
             raise ValueError("decompose, n_neurons, n_heads, max_steps and pool must be at least 1")
-        bad = sorted(set(self.kinds) - {"path", "neuron", "head"})
+        bad = sorted(set(self.kinds) - {"path", "neuron", "head", "logit"})
         if bad or not self.kinds:
-            raise ValueError(f"kinds must be among path, neuron, head; got {', '.join(self.kinds)}")
+            raise ValueError(
+                f"kinds must be among path, neuron, head, logit; got {', '.join(self.kinds)}"
+            )
         if not 0 <= self.max_control_drop <= 1:
             raise ValueError("max_control_drop must be in [0, 1]")
 
     @property
     def scale(self) -> float:
         return 0.0 if self.goal == "decrease" else self.amplify
+
+    @property
+    def scales_of_logit_edits(self) -> tuple[float, ...]:
+        return self.logit_scales if self.goal == "decrease" else (self.amplify,)
 
 
 @dataclass
@@ -145,6 +156,7 @@ class Search:
     controls: Controls
     settings: FixSettings
     before: TargetResult = field(init=False)
+    before_lp: Tensor = field(init=False, repr=False)
     controls_before: list[str] = field(init=False)
     measured: dict[tuple[Edit, ...], Candidate] = field(default_factory=dict)
     baselines: dict[tuple[Edit, ...], Candidate] = field(default_factory=dict)
@@ -152,7 +164,7 @@ class Search:
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
-        self.before = measure_target(self.lm, self.prompts)
+        self.before, self.before_lp = measure_target(self.lm, self.prompts)
         self.controls_before = self.controls.answers(self.lm)
         self.side.prepare(self.lm)
 
@@ -173,7 +185,7 @@ class Search:
             if key in known:
                 return known[key]
         with applied(self.lm, key):
-            t = measure_target(self.lm, self.prompts)
+            t, _ = measure_target(self.lm, self.prompts, self.before_lp)
             answers = self.controls.answers(self.lm)
             side = self.side.measure(self.lm)
         sign = 1.0 if self.settings.goal == "increase" else -1.0
@@ -278,4 +290,6 @@ class Search:
 
 
 def _rescaled(e: Edit, scale: float) -> Edit:
-    return Edit(e.kind, round(scale, 6), e.layer, e.neuron, e.head_layer, e.head)
+    import dataclasses
+
+    return dataclasses.replace(e, scale=round(scale, 6))
