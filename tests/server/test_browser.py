@@ -222,3 +222,69 @@ def test_playground_switch_off_top_head(
     pg.wait_for_selector("#error:not([hidden])")
     assert "tokens" in pg.inner_text("#error")
     assert [p for p in console.problems if "422" not in p] == []
+
+
+def test_playground_make_a_fix(
+    page: tuple[Any, Console], live_url: str, served: Served, tmp_path: Path
+) -> None:
+    """Switch the top head off, open "Make this a fix", verify the path edit on three
+    prompts, and follow the link to the written report."""
+    pg, console = page
+    prompt, layer, neuron, hl, h, _clean, _ablated = _pick_case(served)
+    pg.goto(live_url + f"/playground?layer={layer}&neuron={neuron}")
+    pg.fill("#prompt", prompt)
+    pg.click("#run")
+    pg.wait_for_selector("#result[data-ready]")
+    ready = pg.get_attribute("#result", "data-ready")
+    pg.locator(f"#heads tr[data-head='L{hl}H{h}'] button.off").click()
+    pg.wait_for_function(
+        "r => document.querySelector('#result').getAttribute('data-ready') !== r", arg=ready
+    )
+    assert not pg.is_visible("#fixform")
+    pg.click("#fix-panel > summary")
+    assert pg.is_visible("#fixform")
+    assert pg.inner_text("#fix-edits") == f"L{hl}H{h}\u2192L{layer}N{neuron} \u00d70"
+    assert pg.input_value("#fix-prompts") == prompt
+    n = served.run.read_df("neurons")
+    token_id = int(n[(n.layer == layer) & (n.neuron == neuron)].token_id.iloc[0])
+    assert pg.input_value("#fix-target") == served.lm.token_str(token_id)
+    assert pg.input_value("#fix-max-kl") == "0.01"
+    pg.check("input[name=head_edit][value=head]")
+    assert pg.inner_text("#fix-edits") == f"L{hl}H{h} \u00d70"
+    pg.check("input[name=head_edit][value=path]")
+    pg.fill("#fix-prompts", "\n".join([prompt, *served.lines[6:8]]))
+    pg.fill("#fix-max-kl", "10")
+    pg.click("#fix-verify")
+    pg.wait_for_selector("#fix-result[data-ready]", timeout=120_000)
+    assert pg.is_hidden("#fix-error")
+    name = pg.get_attribute("#fix-result", "data-ready")
+    folder = Path(pg.inner_text("#fix-folder"))
+    assert folder == (served.run.path / "fixes" / str(name)).resolve()
+    for f in ("fix.json", "model/config.json", "report.html"):
+        assert (folder / f).is_file(), f
+    assert pg.locator("#fix-numbers .number").count() == 6
+    assert pg.locator("#fix-result table.data").first.locator("tbody tr").count() == 3
+    assert f"L{hl}H{h}\u2192L{layer}N{neuron}" in pg.inner_text("#fix-result h3")
+    pg.locator("#fix").scroll_into_view_if_needed()
+    shot = tmp_path / "fix.png"
+    pg.locator("#fix").screenshot(path=str(shot))
+    print(f"screenshot: {shot}")
+    href = pg.get_attribute("#fix-report", "href")
+    assert href == f"/fixes/{name}/report.html"
+    with pg.context.expect_page() as opened:
+        pg.click("#fix-report")
+    report = opened.value
+    report.wait_for_load_state()
+    assert report.url == live_url + href
+    assert report.evaluate("() => document.body.innerText.length") > 0
+    _shot(report, tmp_path, "fix-report")
+    assert console.problems == []
+
+    # a bad target: one message in the panel, nothing written
+    before = sorted(p.name for p in (served.run.path / "fixes").iterdir())
+    pg.fill("#fix-target", "Kzq xyz")
+    pg.click("#fix-verify")
+    pg.wait_for_selector("#fix-error:not([hidden])")
+    assert "not a single token" in pg.inner_text("#fix-error")
+    assert sorted(p.name for p in (served.run.path / "fixes").iterdir()) == before
+    assert len(console.problems) == 1 and "status of 400" in console.problems[0]

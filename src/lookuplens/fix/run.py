@@ -176,7 +176,10 @@ def _run_findings(run_dir: str) -> tuple[list[dict[str, object]], dict[str, Any]
     if not run.has_table("findings"):
         raise UserError(f"{run_dir} has no findings.parquet; run its verify stage first")
     df = run.read_df("findings")
-    rows = df.drop_duplicates(["layer", "neuron", "head_layer", "head"]).to_dict("records")
+    df = df.drop_duplicates(["layer", "neuron", "head_layer", "head"])
+    # as JSON data: the list column (cue_token_ids) and missing values (ks_stat) go into
+    # fix.json, which json.dumps(allow_nan=False) refuses as numpy arrays and NaN
+    rows = json.loads(df.to_json(orient="records", double_precision=15))
     return rows, meta
 
 

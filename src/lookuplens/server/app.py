@@ -1,9 +1,10 @@
 """The dashboard application: `create_app` builds it, pages and JSON API together.
 
 Pages (HTML): ``/`` (overview), ``/neurons/{layer}/{neuron}``,
-``/pairs/{layer}/{neuron}/{head_layer}/{head}``, ``/playground``. The JSON API lives
-under ``/api/`` and is described by ``/api/openapi.json`` (the interactive docs are
-off: they load scripts from a CDN, and the dashboard works offline).
+``/pairs/{layer}/{neuron}/{head_layer}/{head}``, ``/playground``, and the reports of the
+fixes made in the playground (``/fixes/{name}/report.html``, `lookuplens.server.fixes`).
+The JSON API lives under ``/api/`` and is described by ``/api/openapi.json`` (the
+interactive docs are off: they load scripts from a CDN, and the dashboard works offline).
 
 The run's tables are read once, when the app is built. The neuron and pair pages shade
 their prompts and list vocabulary from the run's views table (`DashboardViews`); the model
@@ -32,6 +33,7 @@ from lookuplens.report.views import congruence_mode
 from lookuplens.server import fragments, pages
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.data import NotFound, RunData
+from lookuplens.server.fixes import FixRunner, add_fix_routes
 from lookuplens.server.records import Page, jsonable
 from lookuplens.server.responses import (
     ResponseCache,
@@ -189,6 +191,7 @@ def create_app(
     app.state.data = data
     app.state.worker = worker
     app.state.config = cfg
+    app.state.fixes = fixes = FixRunner(run, worker)
     # the last one added runs first: the access check comes before anything else
     app.add_middleware(BodyLimitMiddleware)  # type: ignore[arg-type]
     app.add_middleware(SecurityMiddleware, guard=AccessGuard(secret))  # type: ignore[arg-type]
@@ -551,4 +554,5 @@ def create_app(
         assert isinstance(out, dict)
         return HtmlOut(data=out, html=fragments.why_html(result, ids, data.has_neuron))
 
+    add_fix_routes(app, fixes)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,7 +11,10 @@ from lookuplens.server.worker import GenerateResult, PlaygroundResult
 
 __all__ = [
     "HARD_MAX_PROMPT_CHARS",
+    "MAX_FIX_PROMPTS",
     "MAX_ID",
+    "ControlIn",
+    "FixIn",
     "GenerateIn",
     "GenerateOut",
     "HeadEditIn",
@@ -28,6 +31,8 @@ MAX_ID = 2**31 - 1
 """Largest id (layer, neuron, head, example) a request may name."""
 HARD_MAX_PROMPT_CHARS = 100_000
 """Prompts longer than this are refused by validation, before the server's own limit."""
+MAX_FIX_PROMPTS = 1000
+"""Most prompts (and most controls) one fix request may measure."""
 
 
 class HeadEditIn(BaseModel):
@@ -70,6 +75,44 @@ class WhyIn(BaseModel):
     position: int = Field(default=-1, ge=-100_000, le=100_000)
     top_neurons: int = Field(default=5, ge=1, le=20)
     top_heads: int = Field(default=3, ge=1, le=10)
+
+
+Prompt = Annotated[str, Field(max_length=HARD_MAX_PROMPT_CHARS)]
+
+
+class ControlIn(BaseModel):
+    """A prompt whose answer (the top next token) the fix must not change."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    expected: str = Field(max_length=200)
+    """The expected next token, as typed (" Paris")."""
+
+
+class FixIn(BaseModel):
+    """The playground's interventions as a fix candidate, and how to verify it
+    (`lookuplens fix` with these edits; see `lookuplens.server.fixes`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    layer: int = Field(ge=0, le=MAX_ID)
+    neuron: int = Field(ge=0, le=MAX_ID)
+    """The neuron being viewed: a path edit removes a head's write into its input."""
+    heads: list[HeadEditIn] = Field(default_factory=list, max_length=4096)
+    neuron_scale: float = Field(default=1.0, allow_inf_nan=False)
+    head_edit: Literal["path", "head"] = "path"
+    """How a scaled head becomes a weight edit: ``path`` scales only what it writes into
+    the neuron's input (the fix `lookuplens fix` recommends), ``head`` its whole output."""
+    target: str = Field(max_length=200)
+    """The token the fix acts on, as typed (" an", "▁an")."""
+    goal: Literal["decrease", "increase"] = "decrease"
+    prompts: list[Prompt] = Field(default_factory=list, max_length=MAX_FIX_PROMPTS)
+    """The target is measured at the end of each; blank ones are dropped."""
+    controls: list[ControlIn] = Field(default_factory=list, max_length=MAX_FIX_PROMPTS)
+    max_kl: float = Field(default=0.01, gt=0, allow_inf_nan=False)
+    """Side-effect budget: mean KL per held-out token, nats."""
+    require: float = Field(default=0.9, gt=0, le=1)
+    side_tokens: int = Field(default=8192, ge=16, le=65_536)
+    """Tokens of the run's held-out text measured for side effects."""
 
 
 class TableOut(BaseModel):

@@ -114,6 +114,7 @@
     });
     var busy = $('#busy');
     var error = $('#error');
+    var fix = null;
 
     function neuron() {
       var m = /^\s*[Ll](\d+)[Nn](\d+)\s*$/.exec($('#neuron-name').value);
@@ -197,6 +198,7 @@
       var other = Object.keys(r.other_terms).map(function (k) { return k + ' ' + fmt(r.other_terms[k]); });
       $('#other-terms').textContent = 'Other direct terms: ' + other.join(', ');
       $('#result').setAttribute('data-ready', String(state.seq));
+      if (fix) { fix.refresh(); }
     }
 
     function drawHeads(r) {
@@ -294,7 +296,195 @@
         run();
       });
     });
+    fix = fixPanel({ request: request, last: function () { return state.last; } });
     if ($('#prompt').value.trim()) { run(); }
+  }
+
+  /* ------------------------------------------------------------ make this a fix */
+  function fixPanel(play) {
+    var panel = $('#fix-panel');
+    if (!panel) { return null; }
+    var form = $('#fixform');
+    var error = $('#fix-error');
+    var busy = $('#fix-busy');
+    var out = $('#fix-result');
+    var auto = { target: null, prompts: null };
+
+    function headEdit() {
+      var r = $('input[name=head_edit]:checked', form);
+      return r ? r.value : 'path';
+    }
+
+    /* the same names as lookuplens.fix.edits.Edit.name */
+    function editNames(req) {
+      var names = [];
+      var neuron = 'L' + req.layer + 'N' + req.neuron;
+      req.heads.forEach(function (h) {
+        var head = 'L' + h.layer + 'H' + h.head;
+        names.push((headEdit() === 'path' ? head + '\u2192' + neuron : head) + ' \u00d7' + h.scale);
+      });
+      if (req.neuron_scale !== 1) { names.push(neuron + ' \u00d7' + req.neuron_scale); }
+      return names;
+    }
+
+    function showTarget() {
+      $('#fix-target-shown').textContent = visible($('#fix-target').value);
+    }
+
+    function refresh() {
+      var req;
+      try { req = play.request(); } catch (e) { $('#fix-edits').textContent = e.message; return; }
+      var names = editNames(req);
+      $('#fix-edits').textContent = names.length ? names.join(' + ') :
+        'none yet: switch a head off or scale it, or scale the neuron';
+      $all('.fix-neuron', panel).forEach(function (n) { n.textContent = 'L' + req.layer + 'N' + req.neuron; });
+      var last = play.last();
+      var token = last && last.result.neuron_token ? last.result.neuron_token.token : null;
+      var target = $('#fix-target');
+      if (token !== null && (target.value === '' || target.value === auto.target)) {
+        target.value = token;
+        auto.target = token;
+      }
+      var prompts = $('#fix-prompts');
+      if (req.prompt.trim() && (prompts.value === '' || prompts.value === auto.prompts)) {
+        prompts.value = req.prompt;
+        auto.prompts = req.prompt;
+      }
+      showTarget();
+    }
+
+    function lines(text) {
+      return text.split('\n').map(function (s) { return s.replace(/\r$/, ''); })
+        .filter(function (s) { return s.trim() !== ''; });
+    }
+
+    function controls() {
+      return lines($('#fix-controls').value).map(function (line, i) {
+        var at = line.lastIndexOf('=>');
+        if (at < 0) { throw new Error('control ' + (i + 1) + ' needs => and the expected next token'); }
+        return { prompt: line.slice(0, at).replace(/\s+$/, ''), expected: line.slice(at + 2) };
+      });
+    }
+
+    function fail(e) {
+      error.textContent = e.message;
+      error.hidden = false;
+    }
+
+    function number(value, label) {
+      return el('div', { 'class': 'number' }, [
+        el('div', { 'class': 'v', text: value }), el('div', { 'class': 'k', text: label })
+      ]);
+    }
+
+    function table(head, rows) {
+      return el('div', { 'class': 'scroll' }, [el('table', { 'class': 'data' }, [
+        el('thead', {}, [el('tr', {}, head.map(function (h) { return el('th', { text: h }); }))]),
+        el('tbody', {}, rows.map(function (r) {
+          return el('tr', {}, r.map(function (c) { return el('td', { text: c }); }));
+        }))
+      ])]);
+    }
+
+    function draw(s) {
+      out.textContent = '';
+      var t = s.target;
+      out.appendChild(el('h3', {}, [
+        el('span', { text: 'Fix ' }), el('span', { 'class': 'mono', text: s.fix }),
+        el('span', { 'class': 'badge ' + (s.meets_requirement ? 'met' : 'unmet'),
+          text: s.meets_requirement ? 'requirement met' : 'requirement not met' })
+      ]));
+      if (!(s.effect > 0)) {
+        out.appendChild(el('p', { 'class': 'warn', text: 'This edit does not move p(target) in the ' +
+          "goal's direction on these prompts (effect " + fmt(s.effect, 4) + '): check the target, ' +
+          'the goal and the interventions.' }));
+      }
+      var se = s.side_effects;
+      var c = s.controls;
+      out.appendChild(el('div', { 'class': 'numbers', id: 'fix-numbers' }, [
+        number(fmt(s.p_target.before, 4) + ' \u2192 ' + fmt(s.p_target.after, 4),
+          'mean p(' + visible(t.token) + '), before \u2192 after'),
+        number(fmt(s.achieved, 3), 'requirement: ' + t.requirement + ' (' + t.require + ')'),
+        number(fmt(se.kl, 5), 'side effect: mean KL per held-out token, budget ' + t.max_kl),
+        number(fmt(se.kl_all, 5), 'mean KL, every position'),
+        number((se.loss_change >= 0 ? '+' : '') + fmt(se.loss_change, 5), 'held-out loss change'),
+        number(c.n ? fmt(c.before, 2) + ' \u2192 ' + fmt(c.after, 2) : '\u2013',
+          c.n ? 'controls answered right (' + c.n + ')' : 'controls: none given')
+      ]));
+      out.appendChild(el('h4', { text: 'p(target) on each prompt' }));
+      var rows = table(['before', 'after', 'top prediction after', 'prompt (its end)'],
+        s.prompts.map(function (p) {
+          var end = p.prompt.length > 90 ? '\u2026' + p.prompt.slice(-90) : p.prompt;
+          return [fmt(p.before, 4), fmt(p.after, 4), visible(p.top_after), end];
+        }));
+      $all('tbody tr', rows).forEach(function (tr, i) { tr.title = s.prompts[i].prompt; });
+      out.appendChild(rows);
+      if (s.naive.length && !(s.effect > 0)) {
+        out.appendChild(el('p', { 'class': 'note', text: 'No comparison with the naive edits: ' +
+          'it needs an effect in the goal\'s direction.' }));
+      } else if (s.naive.length) {
+        out.appendChild(el('h4', { text: 'Naive edits at equal effect' }));
+        out.appendChild(table(['naive edit', 'at effect', 'its KL', "the fix's KL", 'naive KL / fix KL'],
+          s.naive.map(function (n) {
+            if (n.at_effect === null) {
+              return [n.edit, "no effect in the goal's direction to compare", '', '', ''];
+            }
+            return [n.edit, fmt(n.at_effect, 4), fmt(n.naive_kl, 5), fmt(n.fix_kl, 5),
+              n.kl_ratio === null ? '\u2013' : fmt(n.kl_ratio, 2) + '\u00d7'];
+          })));
+      }
+      var report = el('a', { href: s.report_url, target: '_blank', rel: 'noopener', id: 'fix-report',
+        text: 'Open the report' });
+      out.appendChild(el('div', { 'class': 'fix-export' }, [
+        el('h4', { text: 'Exported' }),
+        el('p', {}, [el('span', { text: 'Folder: ' }), el('code', { id: 'fix-folder', text: s.folder })]),
+        el('p', {}, [el('span', { text: 'Edited model (save_pretrained): ' }), el('code', { text: s.model_dir })]),
+        el('p', {}, [report, el('span', { text: ' \u00b7 ' }),
+          el('a', { href: s.fix_json_url, target: '_blank', rel: 'noopener', text: 'fix.json' })])
+      ]));
+      out.hidden = false;
+      out.setAttribute('data-ready', s.name);
+    }
+
+    function verify() {
+      var req, body;
+      try {
+        req = play.request();
+        body = {
+          layer: req.layer, neuron: req.neuron, heads: req.heads, neuron_scale: req.neuron_scale,
+          head_edit: headEdit(),
+          target: $('#fix-target').value,
+          goal: $('#fix-goal').value,
+          prompts: lines($('#fix-prompts').value),
+          controls: controls(),
+          max_kl: parseFloat($('#fix-max-kl').value)
+        };
+        if (!isFinite(body.max_kl)) { throw new Error('max KL must be a number above 0'); }
+      } catch (e) { fail(e); return; }
+      error.hidden = true;
+      busy.textContent = 'verifying\u2026';
+      busy.hidden = false;
+      $('#fix-verify').disabled = true;
+      var poll = setInterval(function () {
+        getJSON('/api/fix/status').then(function (st) {
+          if (st.running && st.message) { busy.textContent = 'verifying\u2026 ' + st.message; }
+        }).catch(function () {});
+      }, 1000);
+      function done() {
+        clearInterval(poll);
+        busy.hidden = true;
+        $('#fix-verify').disabled = false;
+      }
+      postJSON('/api/fix', body).then(function (s) { done(); draw(s); })
+        .catch(function (e) { done(); fail(e); });
+    }
+
+    form.addEventListener('submit', function (ev) { ev.preventDefault(); verify(); });
+    panel.addEventListener('toggle', refresh);
+    $all('input[name=head_edit]', form).forEach(function (r) { r.addEventListener('change', refresh); });
+    $('#fix-target').addEventListener('input', showTarget);
+    refresh();
+    return { refresh: refresh };
   }
 
   document.addEventListener('DOMContentLoaded', function () {
