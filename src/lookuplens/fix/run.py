@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lookuplens.errors import UserError
-from lookuplens.fix.candidates import propose
+from lookuplens.fix.candidates import Evidence, propose
 from lookuplens.fix.edits import Edit, applied
 from lookuplens.fix.measure import (
     Controls,
@@ -113,9 +113,19 @@ def read_prompts(path: str, what: str = "prompts") -> list[str]:
     """One prompt per line, or JSONL with a ``prompt`` field (``.jsonl``, or every line an
     object)."""
     lines = _read_lines(path, what)
-    if path.endswith(".jsonl") or all(ln.lstrip().startswith("{") for ln in lines):
+    if path.endswith(".jsonl") or all(_is_prompt_object(ln) for ln in lines):
         return [r["prompt"] for r in _json_rows(path, lines, ("prompt",))]
     return lines
+
+
+def _is_prompt_object(line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("prompt"), str)
 
 
 def read_controls(path: str) -> list[tuple[str, str]]:
@@ -174,7 +184,8 @@ def _run_findings(run_dir: str) -> tuple[list[dict[str, object]], dict[str, Any]
     run = RunDir.open(run_dir)
     meta = run.meta
     if not run.has_table("findings"):
-        raise UserError(f"{run_dir} has no findings.parquet; run its verify stage first")
+        log.warning("%s has no findings.parquet (verify not run): no run findings added", run_dir)
+        return [], meta
     df = run.read_df("findings")
     df = df.drop_duplicates(["layer", "neuron", "head_layer", "head"])
     # as JSON data: the list column (cue_token_ids) and missing values (ks_stat) go into
@@ -187,8 +198,12 @@ def run_fix(
     inputs: FixInputs,
     settings: FixSettings,
     progress: Callable[[str], None] | None = None,
+    lm: LoadedModel | None = None,
 ) -> dict[str, Any]:
-    """Do it all (see the module docstring); returns what ``fix.json`` holds."""
+    """Do it all (see the module docstring); returns what ``fix.json`` holds.
+
+    `lm`: the model of `inputs.model`, already loaded (e.g. the dashboard's); it is left
+    as it was (every edit is undone)."""
     from lookuplens.model import load_model
 
     say = progress or (lambda _m: None)
@@ -202,7 +217,8 @@ def run_fix(
     )
     findings, run_meta = _run_findings(inputs.run_dir) if inputs.run_dir else ([], None)
 
-    lm = load_model(inputs.model, device=inputs.device, dtype=inputs.dtype)  # type: ignore[arg-type]
+    if lm is None:
+        lm = load_model(inputs.model, device=inputs.device, dtype=inputs.dtype)  # type: ignore[arg-type]
     target_id = lm.resolve_token(inputs.target, "target")
     contrast_id = lm.resolve_token(inputs.contrast, "contrast token") if inputs.contrast else None
     if contrast_id == target_id:
@@ -238,21 +254,32 @@ def run_fix(
     side = _side_effects(lm, source, opts, inputs, exclude)
     say(f"{len(texts)} prompts, {len(controls.texts)} controls, {side.n_tokens} held-out tokens")
 
-    alternatives = _alternatives(lm, prompts)
-    candidates, evidence = propose(
-        lm,
-        prompts,
-        settings.scale,
-        decompose=settings.decompose,
-        n_neurons=settings.n_neurons,
-        n_heads=settings.n_heads,
-        run_findings=findings,
-        alternatives=alternatives,
-        logit_scales=settings.scales_of_logit_edits,
-    )
-    candidates = [g for g in candidates if all(e.kind in settings.kinds for e in g)]
     if inputs.edits is not None:
-        candidates = [tuple(sorted(set(inputs.edits)))]
+        # the given edits only: no candidates to propose
+        candidates, evidence = [tuple(sorted(set(inputs.edits)))], Evidence()
+        # the run's findings behind them: those of their heads or neurons, or of the target
+        neurons = {(e.layer, e.neuron) for e in inputs.edits if e.neuron is not None}
+        heads = {(e.head_layer, e.head) for e in inputs.edits if e.head is not None}
+        evidence.run_findings = [
+            f
+            for f in findings
+            if (f["layer"], f["neuron"]) in neurons
+            or (f["head_layer"], f["head"]) in heads
+            or f.get("token") == prompts.target
+        ]
+    else:
+        candidates, evidence = propose(
+            lm,
+            prompts,
+            settings.scale,
+            decompose=settings.decompose,
+            n_neurons=settings.n_neurons,
+            n_heads=settings.n_heads,
+            run_findings=findings,
+            alternatives=_alternatives(lm, prompts),
+            logit_scales=settings.scales_of_logit_edits,
+        )
+        candidates = [g for g in candidates if all(e.kind in settings.kinds for e in g)]
     if not candidates:
         raise UserError(
             f"no neuron pushes {prompts.target!r} on these prompts, so there is nothing to "
@@ -349,6 +376,8 @@ def _naive(search: Search, chosen: Candidate, evidence: dict[str, Any]) -> list[
     scaling) the look-up heads (the two that drive the proposed neurons most, by summed
     mean `direct` attribution) and the top neuron. The naive edit is rescaled to the
     fix's effect, or, when it cannot get there, the fix to the naive edit's."""
+    if chosen.effect <= 0:
+        return []  # nothing in the goal's direction to match
     drive: dict[tuple[int, int], float] = {}
     for nrow in evidence["neurons"]:
         for h in nrow["heads"]:
@@ -356,6 +385,14 @@ def _naive(search: Search, chosen: Candidate, evidence: dict[str, Any]) -> list[
             drive[key] = drive.get(key, 0.0) + float(h["mean_direct"])
     heads = sorted(drive, key=lambda k: -drive[k])[:2]
     neurons = [(int(n["layer"]), int(n["neuron"])) for n in evidence["neurons"][:1]]
+    if not evidence["neurons"]:  # given edits: their own heads and neurons
+        heads = sorted(
+            {(int(e.head_layer or 0), e.head) for e in chosen.edits if e.head is not None}
+        )
+        neurons = sorted(
+            {(int(e.layer or 0), e.neuron) for e in chosen.edits if e.neuron is not None}
+        )
+        neurons = neurons[:1]
     scale = search.settings.scale
     naive = [Edit("head", scale, head_layer=h[0], head=h[1]) for h in heads]
     naive += [Edit("neuron", scale, layer=n[0], neuron=n[1]) for n in neurons]

@@ -263,9 +263,12 @@ class Search:
         best = ranked[0]
         if not best.within_budget:
             raise NoFixError(
-                f"no candidate stays within --max-kl {self.settings.max_kl:g}: the closest, "
-                f"{best.name}, has a mean KL of {best.side['kl']:.4g} nats per token (effect "
-                f"{best.effect:+.3f}); raise --max-kl or give other prompts"
+                f"no candidate stays within the side-effect budget (max KL "
+                f"{self.settings.max_kl:g}{', controls kept' if self.controls.texts else ''}): "
+                f"the closest, {best.name}, has a mean KL of {best.side['kl']:.4g} nats per "
+                f"token (effect {best.effect:+.3f}, controls "
+                f"{best.controls_accuracy if best.controls_accuracy is not None else '-'}); "
+                "raise the budget (--max-kl) or give other prompts"
             )
         return best
 

@@ -291,22 +291,20 @@ class FixRunner:
             _write_jsonl(written[0], [{"prompt": p} for p in prompts])
             if req.controls:
                 _write_jsonl(written[1], [c.model_dump() for c in req.controls])
-            has_findings = self.run.has_table("findings")
             inputs = FixInputs(
                 model=self.worker.source,
                 target=req.target,
                 prompts_file=str(written[0]),
                 out=str(folder),
                 controls_file=str(written[1]) if req.controls else None,
-                run_dir=str(self.run.path) if has_findings else None,
-                corpus=None if has_findings else self._corpus(),
+                run_dir=str(self.run.path),
                 side_tokens=req.side_tokens,
                 device=self.worker.cfg.device,
                 dtype=self.worker.dtype,
                 naive=True,
                 edits=edits,
             )
-            result = run_fix(inputs, settings, progress=progress)
+            result = run_fix(inputs, settings, progress=progress, lm=lm)
         except BaseException:
             for f in written:
                 f.unlink(missing_ok=True)
@@ -317,14 +315,6 @@ class FixRunner:
                     pass
             raise
         return fix_summary(result, name, folder.resolve())
-
-    def _corpus(self) -> str | None:
-        """The run's corpus source, for a run without findings (`run_fix` reads the corpus
-        from ``run_dir`` only together with its findings)."""
-        config = self.run.meta.get("config")
-        corpus = config.get("corpus") if isinstance(config, dict) else None
-        source = corpus.get("source") if isinstance(corpus, dict) else None
-        return str(source) if source else None
 
     def _new_name(self, target: str) -> str:
         slug = "-".join(re.findall(r"[A-Za-z0-9]+", target))[:24] or "fix"
