@@ -133,3 +133,31 @@ def test_bad_edits_are_one_clear_error(lm: LoadedModel) -> None:
         apply_edits(lm, [Edit("path", 0.0, layer=0, neuron=0, head_layer=1, head=0)])
     with pytest.raises(ValueError, match="needs"):
         Edit("path", 0.0, layer=0, neuron=0)
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0])
+def test_logit_edit_changes_only_the_neurons_write_along_the_target_direction(
+    lm: LoadedModel, scale: float
+) -> None:
+    from lookuplens.fix.edits import logit_direction
+
+    layer, n, target, alts = 1, 5, 7, ((3, 0.75), (11, 0.25))
+    d = logit_direction(lm, target, alts)
+    before = lm.W_out(layer)[n].double().clone()
+    edit = Edit("logit", scale, layer=layer, neuron=n, token=target, alternatives=alts)
+    params = _params(lm)
+    with applied(lm, [edit]):
+        after = lm.W_out(layer)[n].double()
+        # along the direction: scaled; across it: unchanged
+        assert float(after @ d) == pytest.approx(scale * float(before @ d), abs=1e-6)
+        ortho = before - (before @ d) * d
+        torch.testing.assert_close(after - (after @ d) * d, ortho, rtol=0, atol=1e-6)
+        changed = [k for k, v in lm.hf.named_parameters() if not torch.equal(v, params[k])]
+        assert len(changed) == 1 and changed[0].endswith(f"{lm.spec.mlp_out}.weight")
+    # the direction is the target's logit against its alternatives through the final
+    # norm: for a residual change along it, the target's logit minus the alternatives'
+    # weighted logits moves, a direction orthogonal to it does not move that difference
+    w = lm.W_U[:, target].double() - sum(a * lm.W_U[:, t].double() for t, a in alts)
+    g = lm.norm_params(lm.final_norm).weight.double()
+    assert float((g * w) @ d) > 0
+    assert Edit.from_dict(edit.to_dict()) == edit

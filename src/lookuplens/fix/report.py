@@ -37,6 +37,12 @@ KINDS = {
     "scale: at 0 it no longer writes anything into the residual stream.",
     "head": "the head\u2019s output projection is multiplied by the scale (the attention "
     "output bias, shared by all heads, stays).",
+    "logit": "a rank-one change of the neuron\u2019s output weights: what it writes along the "
+    "target\u2019s logit direction (the target\u2019s unembedding against its alternatives: "
+    "the contrast token, or what the model predicts instead on the prompts) is removed "
+    "(scale 0), scaled, or reversed (a negative scale); the rest of its output is "
+    "untouched, so it moves probability between the target and its alternatives where the "
+    "neuron fires.",
 }
 
 EXTRA_CSS = """
@@ -191,6 +197,9 @@ def _edit_effect(e: dict[str, Any]) -> str:
         return f"what {head} writes into {neuron}'s input: {how}"
     if e["kind"] == "neuron":
         return f"{neuron}'s output: {how}"
+    if e["kind"] == "logit":
+        how = "reversed, " + how if scale < 0 else how
+        return f"{neuron}'s push towards {e.get('token_text') or e.get('token')!r}: {how}"
     return f"{head}'s output: {how}"
 
 
@@ -226,8 +235,8 @@ def _why(fix: dict[str, Any]) -> Html:
     edited_n: dict[tuple[int, int], list[str]] = {}
     for e in fix["chosen"]["edits"]:
         if e.get("layer") is not None:
-            what = (
-                "neuron" if e["kind"] == "neuron" else f"path from L{e['head_layer']}H{e['head']}"
+            what = {"neuron": "neuron", "logit": "logit"}.get(
+                str(e["kind"]), f"path from L{e.get('head_layer')}H{e.get('head')}"
             )
             edited_n.setdefault((int(e["layer"]), int(e["neuron"])), []).append(what)
     what = "logit difference against the contrast" if t.get("contrast") else "logit"

@@ -164,8 +164,8 @@ def side_effects_section(fix: dict[str, Any]) -> Html:
         '<section id="side-effects"><h2>Side effects</h2>',
         tiles(
             [
-                (kl(s["kl"]), f"mean KL per token, budget {kl(max_kl)}", over),
-                (kl(s["kl_all"]), "mean KL, every position", ""),
+                (kl(s["kl"]), f"mean KL without the target, budget {kl(max_kl)}", over),
+                (kl(s["kl_all"]), "plain KL (target included)", ""),
                 (kl(s["kl_p95"]), "95th percentile KL", ""),
                 (num(s["loss_change"], 4), "loss change (nats/token)", ""),
             ]
@@ -173,10 +173,12 @@ def side_effects_section(fix: dict[str, Any]) -> Html:
         '<p class="note-plain">KL(original \u2016 edited) on '
         f"{int(inputs['side_tokens']):,} tokens of held-out text (<code>"
         f"{esc(inputs['corpus'])}</code>, {int(inputs.get('side_sequences') or 0):,} "
-        "sequences). The budgeted figure leaves out the "
-        f"{int(inputs['side_on_target_tokens']):,} positions where the original model "
-        "predicts the target (changing those is the point of the fix); the every-position "
-        "figure includes them. Loss: "
+        "sequences). The budgeted figure compares the next-token distributions over every "
+        "token but the target (and the contrast token), renormalised, at every position: "
+        "moving probability into or out of the target is the point of the fix, what the "
+        "model predicts instead is a side effect. The plain KL over every token is shown "
+        "beside it; the original model predicts the target at "
+        f"{int(inputs['side_on_target_tokens']):,} of the positions. Loss: "
         f"{fix['before'].get('loss', 0):.4f} \u2192 {s['loss']:.4f} nats/token.</p>",
     ]
     acc0, acc1 = fix["before"].get("controls_accuracy"), fix["after"].get("controls_accuracy")
