@@ -86,7 +86,7 @@ def main() -> None:
     )
     se = after["side_effects"]
     print(
-        f"  side effects: KL {se['kl']:.4f} (off-target), {se['kl_all']:.4f} (every "
+        f"  side effects: KL {se['kl']:.4f} (without the target), {se['kl_all']:.4f} (every "
         f"position), loss {se['loss_change']:+.4f}; controls {after['controls_accuracy']}"
     )
     print("  naive edit            at effect   naive KL    fix KL   ratio")

@@ -168,3 +168,26 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["prompts.txt", "side.txt", "controls.jsonl", "empty.txt", "long.txt", "existing"]
     )
+
+
+def test_increase_goal_amplifies_and_measures_the_share_on_top(
+    tiny_dirs: dict[str, Path], files: dict[str, Path], tmp_path: Path
+) -> None:
+    r = run_fix(
+        FixInputs(
+            model=str(tiny_dirs["gpt2"]),
+            target=" an",
+            prompts_file=str(files["prompts"]),
+            out=str(tmp_path / "up"),
+            corpus=str(files["side"]),
+            device="cpu",
+            naive=False,
+        ),
+        FixSettings(goal="increase", max_kl=10.0, decompose=2, n_neurons=4, max_steps=2),
+    )
+    chosen = r["chosen"]
+    assert all(e["scale"] == 3.0 for e in chosen["edits"])
+    assert chosen["effect"] > 0
+    assert r["after"]["target"]["mean_prob"] > r["before"]["target"]["mean_prob"]
+    share = sum(r["after"]["target"]["top_is_target"]) / len(PROMPTS)
+    assert r["after"]["achieved"] == pytest.approx(share)

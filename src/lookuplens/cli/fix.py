@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from lookuplens.cli.app import err_console, state
-from lookuplens.cli.params import DeviceOpt, DtypeOpt, ModelOpt, default_model
+from lookuplens.cli.params import DeviceOpt, DtypeOpt, ModelOpt
 from lookuplens.errors import UserError
 
 
@@ -96,7 +96,7 @@ def fix_cmd(
     if side_tokens < 16:
         raise UserError("--side-tokens must be at least 16")
     inputs = FixInputs(
-        model=model or default_model(),
+        model=model or "bundled:storyworld",
         target=target,
         prompts_file=prompts,
         out=out,
@@ -158,9 +158,11 @@ def _print_summary(r: dict, out: str) -> None:  # type: ignore[type-arg]
             highlight=False,
         )
     if "check_prompts" in r:
+        cp = r["check_prompts"]
         c.print(
-            f"  held-out check prompts: {r['check_prompts']['prob_removed']:.1%} of "
-            "p(target) removed"
+            f"  held-out check prompts: mean p(target) {cp['before']['mean_prob']:.4f} -> "
+            f"{cp['after']['mean_prob']:.4f} ({cp['prob_removed']:.1%} removed)",
+            highlight=False,
         )
     c.print(
         f"  {len(r['candidates'])} candidates ranked; wrote {out}/fix.json, model/, report.html"
