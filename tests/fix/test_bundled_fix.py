@@ -60,13 +60,16 @@ def test_article_fix_removes_the_an_lookup_on_held_out_prompts(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_topic_fix_is_measured_and_the_lookup_head_is_ranked_by_its_cost(tmp_path: Path) -> None:
-    """The place -> " coffee" look-up: p(" coffee") is 1.00 on its prompts; zeroing the
-    look-up head L0H2 removes it but breaks the other look-ups (controls), so it ranks
-    below every candidate within the budget."""
+def test_topic_fix_removes_one_objects_lookup_and_ranks_the_head_by_its_cost(
+    tmp_path: Path,
+) -> None:
+    """The place -> " coffee" look-up: p(" coffee") is 1.00 on its prompts. The fix
+    removes it on held-out prompts too; zeroing the look-up head L0H2 also removes it but
+    breaks the other look-ups (controls), so it ranks below every candidate within the
+    budget."""
     r = run_fix(
         _inputs(tmp_path, "storyworld", " coffee", 20, side_tokens=4096, naive=False),
-        FixSettings(n_neurons=8),
+        FixSettings(),
     )
     assert r["before"]["target"]["mean_prob"] > 0.9
     by_name = {c["name"]: c for c in r["candidates"]}
@@ -77,6 +80,8 @@ def test_topic_fix_is_measured_and_the_lookup_head_is_ranked_by_its_cost(tmp_pat
     assert chosen["within_budget"] and chosen["rank"] == 1
     assert head["rank"] > max(c["rank"] for c in r["candidates"] if c["within_budget"])
     assert r["after"]["controls_accuracy"] == r["before"]["controls_accuracy"]
+    assert r["after"]["meets_requirement"] and r["check_prompts"]["prob_removed"] >= 0.9
+    assert r["after"]["side_effects"]["kl"] <= 0.01
     assert r["reload_check"]["max_abs_prob_diff"] < 1e-5
 
 
