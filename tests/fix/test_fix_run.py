@@ -121,6 +121,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
     tiny_dirs: dict[str, Path], files: dict[str, Path], tmp_path: Path
 ) -> None:

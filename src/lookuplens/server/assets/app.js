@@ -405,8 +405,8 @@
         number(fmt(s.p_target.before, 4) + ' \u2192 ' + fmt(s.p_target.after, 4),
           'mean p(' + visible(t.token) + '), before \u2192 after'),
         number(fmt(s.achieved, 3), 'requirement: ' + t.requirement + ' (' + t.require + ')'),
-        number(fmt(se.kl, 5), 'side effect: mean KL per held-out token, budget ' + t.max_kl),
-        number(fmt(se.kl_all, 5), 'mean KL, every position'),
+        number(fmt(se.kl, 5), 'side effect: mean KL per held-out token without the target, budget ' + t.max_kl),
+        number(fmt(se.kl_all, 5), 'plain KL (target included)'),
         number((se.loss_change >= 0 ? '+' : '') + fmt(se.loss_change, 5), 'held-out loss change'),
         number(c.n ? fmt(c.before, 2) + ' \u2192 ' + fmt(c.after, 2) : '\u2013',
           c.n ? 'controls answered right (' + c.n + ')' : 'controls: none given')
