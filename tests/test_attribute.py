@@ -294,3 +294,39 @@ def test_ablation_share_rule_against_the_heads_total_drive(tiny_dirs: dict[str, 
             assert r.active == want
         mixed.append((int(labels.active.sum()), len(labels)))
     assert all(0 < n < total for n, total in mixed[:2]), mixed
+
+
+def test_candidate_heads_take_the_better_of_the_two_ranks() -> None:
+    from lookuplens.attribute.methods import candidate_heads
+
+    direct = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    patching = torch.tensor([[0.0, 0.1, 0.2, 0.3, 9.0, 0.4]])
+    # ranks: direct 0..5; patching: head 4 first, then 5, 3, 2, 1, 0
+    mask = candidate_heads(direct, patching, 3)
+    # heads 0 (direct 1st) and 4 (patching 1st) always make it; the third is head 1 or 5
+    # (both second by one method): ties go to the better direct rank, head 1
+    assert mask[0].nonzero().flatten().tolist() == [0, 1, 4]
+
+
+def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: LoadedModel) -> None:
+    layer = lm.n_layers - 1
+    ex = examples(lm, layer)
+    n_up = len(upstream_layers(lm, layer)) * lm.n_heads
+    methods = ("direct", "zero_ablation", "resample_ablation", "attribution_patching")
+    full = attribute_examples(lm, ex, AttributeConfig(methods=methods, candidates=0))
+    k = max(1, n_up // 3)
+    pruned = attribute_examples(lm, ex, AttributeConfig(methods=methods, candidates=k))
+    f, p = full.to_pandas(), pruned.to_pandas()
+    for m in ("direct", "attribution_patching"):  # cheap methods: every head, same values
+        a, b = f[f.method == m], p[p.method == m]
+        assert len(a) == len(b) == 3 * n_up
+        np.testing.assert_allclose(a.value.to_numpy(), b.value.to_numpy(), atol=1e-9)
+    for m in ("zero_ablation", "resample_ablation"):
+        a = f[f.method == m].set_index(["example_id", "head_layer", "head"]).value
+        b = p[p.method == m].set_index(["example_id", "head_layer", "head"]).value
+        assert len(b) == 3 * k  # k heads per example
+        np.testing.assert_allclose(b.to_numpy(), a.reindex(b.index).to_numpy(), atol=1e-7)
+    labels = label_examples(pruned, ex, AttributeConfig(methods=methods, candidates=k))
+    lab = labels.to_pandas()
+    assert lab.candidate.sum() == 3 * k and len(lab) == 3 * n_up
+    assert not lab[~lab.candidate].active.any()

@@ -90,6 +90,7 @@ OPTIONS: dict[str, Option] = {
         ("attribute.methods",), lambda v: tuple(m.strip() for m in str(v).split(",")), _join
     ),
     "label_rule": Option(("attribute.label_rule",), str),
+    "candidates": Option(("attribute.candidates",), int),
     "backend": Option(("backend",), str),
     "ray_address": Option(("ray.address",), lambda v: str(v) or None, lambda v: v or ""),
     "workers": Option(("ray.workers",), lambda v: int(v) or None, lambda v: v or 0),

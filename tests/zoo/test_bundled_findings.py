@@ -7,6 +7,8 @@ the default stages once on a slice of the held-out storyworld corpus and check t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -333,3 +335,42 @@ def test_why_the_neurons_it_names_carry_p_an(why_on_article_prompts, lm: LoadedM
         assert p_after < 0.5 * r.prob
         control = [a for a in r.ablations if a.what.startswith("control:")][0]
         assert abs(control.prob_after - r.prob) < 0.1 * r.prob, control
+
+
+def test_pruned_attribution_labels_match_the_full_sweep(run: RunDir, lm: LoadedModel) -> None:
+    """Issue 23: exact ablations on 6 candidate heads per prompt (of up to 16) give the
+    labels and the kept pairs of the full sweep (the run, whose 16 heads are all ablated)."""
+    from lookuplens.attribute import (
+        AttributeConfig,
+        attribute_examples,
+        build_pairs,
+        label_examples,
+    )
+
+    examples = run.read_table("examples")
+    full_labels = run.read_df("labels")
+    full_pairs = run.read_df("pairs")
+    cfg = dataclasses.replace(AttributeConfig(), candidates=6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        att = attribute_examples(lm, examples, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    labels = label_examples(att, examples, cfg).to_pandas()
+    pairs = build_pairs(
+        att, label_examples(att, examples, cfg), run.read_table("neurons"), cfg, examples
+    ).to_pandas()
+    key = ["example_id", "head_layer", "head"]
+    both = full_labels.merge(labels, on=key, suffixes=("_full", "_pruned"))
+    assert len(both) == len(full_labels)
+    agree = float((both.active_full == both.active_pruned).mean())
+    recall = float(both[both.active_full].candidate.mean())
+    print(f"pruned to 6 of <=16 heads: labels agree {agree:.4f}, candidate recall {recall:.4f}")
+    assert agree >= 0.95
+    pk = ["layer", "neuron", "head_layer", "head"]
+    kept_full = set(map(tuple, full_pairs[full_pairs.kept][pk].to_numpy().tolist()))
+    kept_pruned = set(map(tuple, pairs[pairs.kept][pk].to_numpy().tolist()))
+    jaccard = len(kept_full & kept_pruned) / max(len(kept_full | kept_pruned), 1)
+    print(f"kept pairs: full {len(kept_full)}, pruned {len(kept_pruned)}, Jaccard {jaccard:.3f}")
+    assert jaccard >= 0.8

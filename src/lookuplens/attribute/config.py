@@ -71,6 +71,13 @@ class AttributeConfig:
     """A pair is kept when its head is active on at least this share of training examples."""
     max_active_rate: float = 0.75
     """... and at most this share (the paper: 25% to 75%)."""
+    candidates: int = 16
+    """The exact ablations run on the `candidates` upstream heads per example that the
+    cheap methods rank highest (``direct``, one pass, and ``attribution_patching``, one
+    backward pass for all heads: a head's rank is the better of its two ranks); the other
+    heads get no ablation rows and are labelled inactive (`labels.candidate` False).
+    0 ablates every upstream head. Models with at most this many upstream heads per
+    neuron layer (the bundled ones: 16) are not pruned at all."""
     batch_examples: int = 32
     """Examples per batch (each ablation batch holds n_heads times as many rows)."""
     seed: int = 0
@@ -78,6 +85,10 @@ class AttributeConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int):
+            raise ValueError(f"candidates must be an integer, got {self.candidates!r}")
+        if self.candidates < 0:
+            raise ValueError("candidates must be at least 0 (0: ablate every upstream head)")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(

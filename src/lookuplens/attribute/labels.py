@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from lookuplens.attribute.config import AttributeConfig
+from lookuplens.attribute.config import ABLATIONS, AttributeConfig
 
 __all__ = ["build_pairs", "label_examples", "mechanism_label", "pd_index", "pd_index_cols"]
 
@@ -51,9 +51,19 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
             active = (ref > 0) & (typical_rule | share_rule)
     val["active"] = np.asarray(active, dtype=bool)
     val["split"] = ex.loc[val.example_id, "split"].to_numpy()
+    # a head whose ablations were pruned (not among the example's candidates) has no
+    # ablation row; the ablation rules label it inactive, and `candidate` says why
+    ablated = df[df.method.isin(ABLATIONS)]
+    if len(ablated):
+        have = pd_index(ablated).unique()
+        val["candidate"] = pd_index(val).isin(have)
+    else:
+        val["candidate"] = True
     val = val.sort_values(["example_id", "head_layer", "head"], kind="stable")
     return pa.Table.from_pandas(
-        val[["example_id", "layer", "neuron", "head_layer", "head", "active", "split"]],
+        val[
+            ["example_id", "layer", "neuron", "head_layer", "head", "active", "split", "candidate"]
+        ],
         preserve_index=False,
     )
 

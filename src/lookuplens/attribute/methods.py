@@ -20,7 +20,26 @@ from lookuplens.attribute.readout import (
 )
 from lookuplens.model import HookFn, LoadedModel, hook_name, pad_right
 
-__all__ = ["Attributor", "head_means"]
+__all__ = ["Attributor", "candidate_heads", "head_means"]
+
+
+def candidate_heads(direct: Tensor, patching: Tensor, k: int) -> Tensor:
+    """``[B, n]`` mask of the `k` heads per example that the cheap methods rank highest: a
+    head's rank is the better of its ranks by ``direct`` and by ``attribution_patching``
+    (both largest first), ties broken by ``direct``."""
+
+    def ranks(v: Tensor) -> Tensor:
+        order = torch.argsort(v, dim=1, descending=True, stable=True)
+        r = torch.empty_like(order)
+        r.scatter_(1, order, torch.arange(v.shape[1]).expand_as(order).contiguous())
+        return r
+
+    rd, rp = ranks(direct), ranks(patching)
+    best = torch.minimum(rd, rp) * direct.shape[1] + rd  # the better rank, then direct's
+    keep = torch.argsort(best, dim=1, stable=True)[:, :k]
+    mask = torch.zeros_like(direct, dtype=torch.bool)
+    mask.scatter_(1, keep, True)
+    return mask
 
 
 @dataclass
@@ -79,7 +98,9 @@ class Attributor:
         zs = {l_: cache[hook_name(l_, "attn.hook_z")] for l_ in ups}  # [B, p, H, dh]
         z_last = {l_: zs[l_][rows, b.pos].double() for l_ in ups}  # [B, H, dh]
         w_in = lm.W_in(L)[b.neurons].detach()  # [B, d]
-        if "direct" in methods:
+        ablations = [m for m in ABLATIONS if m in methods]
+        prune = bool(ablations) and 0 < cfg.candidates < len(ups) * H
+        if "direct" in methods or prune:
             w_eff, _ = frozen_norm_direction(lm, L, x, w_in)
             out["direct"] = torch.cat(
                 [
@@ -88,6 +109,8 @@ class Attributor:
                 ],
                 dim=1,
             )
+        if "attribution_patching" in methods or prune:
+            out["attribution_patching"] = self._attribution_patching(b, ups)
         if "raw" in methods:
             out["raw"] = torch.cat(
                 [
@@ -107,12 +130,14 @@ class Attributor:
                 )
                 vals.append(post[:, None] - a.double().reshape(B, H))
             out["path_patching"] = torch.cat(vals, dim=1)
-        for method in ABLATIONS:
-            if method in methods:
-                out[method] = self._ablate(b, calls, zs, post, ups, method)
-        if "attribution_patching" in methods:
-            out["attribution_patching"] = self._attribution_patching(b, ups)
-        return out
+        chosen = (
+            candidate_heads(out["direct"], out["attribution_patching"], cfg.candidates)
+            if prune
+            else None
+        )
+        for method in ablations:
+            out[method] = self._ablate(b, calls, zs, post, ups, method, chosen)
+        return {m: out[m] for m in cfg.methods}
 
     def _ablate(
         self,
@@ -122,7 +147,10 @@ class Attributor:
         post: Tensor,
         ups: list[int],
         method: str,
+        chosen: Tensor | None = None,
     ) -> Tensor:
+        """The method's effect ``[B, n_upstream]``; with `chosen` (a mask of the same
+        shape) only the chosen (example, head) cells are computed, the rest are NaN."""
         lm, L, H = self.lm, b.layer, self.lm.n_heads
         B = len(b.pos)
         vals = []
@@ -133,9 +161,17 @@ class Attributor:
             if B == 1:
                 donor = torch.zeros(1, dtype=torch.long)
         lengths = b.mask.sum(1)
-        for l_ in ups:
-            rows = torch.arange(B).repeat(H)  # row r*B+i stands for example i, head r
-            heads = torch.arange(H).repeat_interleave(B)
+        for j, l_ in enumerate(ups):
+            if chosen is None:
+                rows = torch.arange(B).repeat(H)  # row r*B+i stands for example i, head r
+                heads = torch.arange(H).repeat_interleave(B)
+            else:
+                ex_idx, head_idx = chosen[:, j * H : (j + 1) * H].nonzero(as_tuple=True)
+                rows, heads = ex_idx, head_idx
+            cell = torch.full((B, H), float("nan"), dtype=torch.float64)
+            if len(rows) == 0:
+                vals.append(cell)
+                continue
             hidden = calls[l_].hidden[rows]
 
             def replace(
@@ -171,8 +207,10 @@ class Attributor:
                     (hook_name(L, "mlp.hook_post"), grab),
                 ],
             )
-            a = got["post"][torch.arange(B * H), b.pos[rows], b.neurons[rows]].double()
-            vals.append(post[rows].reshape(H, B).T - a.reshape(H, B).T)
+            n = len(rows)
+            a = got["post"][torch.arange(n), b.pos[rows], b.neurons[rows]].double()
+            cell[rows, heads] = post[rows] - a
+            vals.append(cell)
         return torch.cat(vals, dim=1)
 
     def _attribution_patching(self, b: _Batch, ups: list[int]) -> Tensor:

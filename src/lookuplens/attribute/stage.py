@@ -77,7 +77,8 @@ def plan_batches(
 
 
 def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
-    """The `attributions` rows of one batch: every method, example and upstream head."""
+    """The `attributions` rows of one batch: every method, example and upstream head (the
+    ablations only for each example's candidate heads, see `AttributeConfig.candidates`)."""
     lm, cfg, layer = att.lm, att.cfg, eb.layer
     ids, mask = pad_right(lm, [list(t) for t in eb.tokens])
     batch = _Batch(
@@ -99,14 +100,15 @@ def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
     }
     methods: list[str] = []
     for m in cfg.methods:
-        v = vals[m].numpy()
-        cols["example_id"].append(np.repeat(batch.example_ids, n_up))
-        cols["layer"].append(np.full(B * n_up, layer, dtype=np.int64))
-        cols["neuron"].append(np.repeat(eb.neurons, n_up))
-        cols["head_layer"].append(np.tile(head_layer, B))
-        cols["head"].append(np.tile(head, B))
-        cols["value"].append(v.reshape(-1))
-        methods += [m] * (B * n_up)
+        v = vals[m].numpy().reshape(-1)
+        keep = ~np.isnan(v)  # ablations pruned to the candidate heads have no row elsewhere
+        cols["example_id"].append(np.repeat(batch.example_ids, n_up)[keep])
+        cols["layer"].append(np.full(B * n_up, layer, dtype=np.int64)[keep])
+        cols["neuron"].append(np.repeat(eb.neurons, n_up)[keep])
+        cols["head_layer"].append(np.tile(head_layer, B)[keep])
+        cols["head"].append(np.tile(head, B)[keep])
+        cols["value"].append(v[keep])
+        methods += [m] * int(keep.sum())
     return pa.table(
         {
             "example_id": np.concatenate(cols["example_id"]).astype(np.int64),

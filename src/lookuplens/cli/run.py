@@ -107,6 +107,14 @@ LabelRuleOpt = Annotated[
         "over the candidate heads, the paper's), top_k or ablation_fraction."
     ),
 ]
+CandidatesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Exact ablations only on the K upstream heads per prompt that direct attribution "
+        "and attribution patching rank highest; the others are labelled inactive. 0: every "
+        "head (the cost grows with the heads, not with K)."
+    ),
+]
 BackendOpt = Annotated[
     str,
     typer.Option(help="local, or ray: the scan and attribution on Ray workers (identical tables)."),
@@ -167,6 +175,7 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
         preset: PresetOpt = "",
         methods: MethodsOpt = "direct,raw,zero_ablation,attribution_patching,path_patching",
         label_rule: LabelRuleOpt = "ablation_share",
+        candidates: CandidatesOpt = 16,
         backend: BackendOpt = "local",
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,
