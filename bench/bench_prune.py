@@ -56,11 +56,14 @@ def _examples(lm, n: int, seed: int = 0) -> pa.Table:  # type: ignore[no-untyped
 
 
 def measure(heads: int, n: int, tmp: Path) -> dict[str, float]:
-    from lookuplens.attribute import AttributeConfig, attribute_examples, build_pairs
-    from lookuplens.attribute import label_examples
+    from lookuplens.attribute import (
+        AttributeConfig,
+        attribute_examples,
+        build_pairs,
+        label_examples,
+    )
     from lookuplens.model import load_model
     from lookuplens.model.tiny import build_tiny_model
-
     from lookuplens.zoo import default_model_path
 
     folder = tmp / f"llama-{heads}"
