@@ -365,7 +365,7 @@ def test_pruned_attribution_labels_match_the_full_sweep(run: RunDir, lm: LoadedM
     both = full_labels.merge(labels, on=key, suffixes=("_full", "_pruned"))
     assert len(both) == len(full_labels)
     agree = float((both.active_full == both.active_pruned).mean())
-    recall = float(both[both.active_full].candidate.mean())
+    recall = float(both[both.active_full].candidate_pruned.mean())
     print(f"pruned to 6 of <=16 heads: labels agree {agree:.4f}, candidate recall {recall:.4f}")
     assert agree >= 0.95
     pk = ["layer", "neuron", "head_layer", "head"]
