@@ -42,6 +42,7 @@ def _mount_subcommands() -> None:
     once per process."""
     if any(c.name == "run" for c in app.registered_commands):
         return
+    from lookuplens.cli.plan import plan_command
     from lookuplens.server.cli import serve_command
     from lookuplens.zoo.cli import app as zoo_app
 
@@ -56,6 +57,7 @@ def _mount_subcommands() -> None:
 
     app.registered_commands.sort(key=order)
 
+    app.command("plan")(plan_command())
     app.command("serve")(serve_command)
     app.add_typer(zoo_app, name="zoo", help="The bundled storyworld corpus and model.")
 

@@ -24,9 +24,14 @@ from lookuplens.run_options import (
 
 
 def _run_stages(until: str | None, opts: dict[str, object], given: Iterable[str]) -> None:
+    cfg = config_from_options(opts, given)
+    if opts.get("plan"):
+        from lookuplens.cli.plan import plan_for_run
+
+        plan_for_run(cfg, until)
+        return
     from lookuplens.pipeline import run_pipeline
 
-    cfg = config_from_options(opts, given)
     name = str(opts["name"]) or default_run_name(cfg.model, cfg.corpus.source)
     run_dir = Path(str(opts["out"])) if opts["out"] else Path("runs") / name
     reporter = RichReporter(quiet=bool(state["quiet"]))
@@ -141,6 +146,14 @@ ConfigOpt = Annotated[
         "attribute, verify, ...); options given on the command line win."
     ),
 ]
+PlanOpt = Annotated[
+    bool,
+    typer.Option(
+        "--plan",
+        help="Print what the run would cost (lookuplens plan for these options: passes, "
+        "FLOPs, memory, disk and time per stage) and exit without running anything.",
+    ),
+]
 OverwriteOpt = Annotated[
     str, typer.Option(help="Redo this stage and every later one (neurons, scan, examples, ...).")
 ]
@@ -179,6 +192,7 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
         backend: BackendOpt = "local",
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,
+        plan: PlanOpt = False,
     ) -> None:
         opts = {k: v for k, v in locals().items() if k != "ctx"}
         _run_stages(until, opts, given_options(ctx, OPTIONS))
