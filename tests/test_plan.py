@@ -54,6 +54,7 @@ MACHINE = Machine(
     act_s_per_element=1e-8,
     norm_s_per_element=1e-9,
     attn_s_per_unit=1e-10,
+    attn_s_per_row_head=1e-6,
     layer_overhead_s=2e-4,
     call_overhead_s=2e-4,
     bandwidth=5e9,

@@ -27,6 +27,10 @@ COUNT_DOCS = 200_000
 """Documents counted at most; a larger local corpus is extrapolated from its file size."""
 DEFAULT_CORPUS_TOKENS = 1_000_000
 """Assumed size of a corpus that cannot be read here (a streamed hub dataset)."""
+STORYWORLD_DOC_S = 1.8e-4
+"""Generating one storyworld document (the bundled corpus is generated, not read)."""
+FILE_DOC_S = 2e-5
+"""Reading one document of a local file."""
 CHARS_PER_TOKEN = 4.0
 """Characters per token when no tokenizer is at hand (English BPE)."""
 DEFAULT_DOC_TOKENS = 1024
@@ -44,6 +48,10 @@ class CorpusProfile:
     """Token counts of a sample of documents (each cut at the context), in corpus order."""
     how: str
     """How it was measured, for the assumptions list."""
+    source_docs: int = 0
+    """Documents in the source before the max_tokens cap (the scan counts them all)."""
+    doc_seconds: float = 2e-5
+    """Reading (or generating) one document: the storyworld generator's are slower."""
 
     @property
     def mean_length(self) -> float:
@@ -78,12 +86,14 @@ def profile_corpus(
         how = f"characters / {CHARS_PER_TOKEN:g} (no tokenizer in the model folder)"
     if not lengths:
         return _uniform(corpus_tokens or DEFAULT_CORPUS_TOKENS, DEFAULT_DOC_TOKENS, "assumed")
+    doc_s = STORYWORLD_DOC_S if source_kind(spec.source) == "storyworld" else FILE_DOC_S
     if len(lengths) < SAMPLE_DOCS:
         docs = len(lengths)
         tokens = sum(lengths)
         how += f", all {docs:,} documents"
+        source_docs = docs if spec.max_tokens is None else _count_docs(spec)
     else:
-        docs = _count_docs(spec)
+        docs = source_docs = _count_docs(spec)
         tokens = round(sum(lengths) / len(lengths) * docs)
         how += f", {len(lengths):,} of {docs:,} documents"
     if spec.max_tokens is not None and tokens > spec.max_tokens:
@@ -93,12 +103,20 @@ def profile_corpus(
         docs = max(1, round(docs * corpus_tokens / max(tokens, 1)))
         tokens = corpus_tokens
         how = f"--corpus-tokens {corpus_tokens:,}; document lengths {how}"
-    return CorpusProfile(docs=docs, tokens=tokens, lengths=tuple(lengths), how=how)
+    return CorpusProfile(
+        docs=docs,
+        tokens=tokens,
+        lengths=tuple(lengths),
+        how=how,
+        source_docs=max(source_docs, docs),
+        doc_seconds=doc_s,
+    )
 
 
 def _uniform(tokens: int, doc_len: int, how: str) -> CorpusProfile:
     docs = max(1, round(tokens / doc_len))
-    return CorpusProfile(docs=docs, tokens=tokens, lengths=(doc_len,) * min(docs, 64), how=how)
+    lengths = (doc_len,) * min(docs, 64)
+    return CorpusProfile(docs=docs, tokens=tokens, lengths=lengths, how=how, source_docs=docs)
 
 
 def _count_docs(spec: CorpusSpec) -> int:

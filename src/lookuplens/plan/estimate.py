@@ -142,8 +142,7 @@ def _pass_flops(shape: ModelShape, p: Pass) -> float:
 
 
 def _pass_seconds(shape: ModelShape, m: Machine, p: Pass, dtype_bytes: int) -> float:
-    attn = p.tokens * p.seq * shape.n_heads * shape.d_head * p.layers
-    t = m.layer_seconds(shape, p.layer_tokens, attn, p.layer_calls, p.fp32, dtype_bytes)
+    t = m.layer_seconds(shape, p.layer_tokens, p.seq, p.layer_calls, p.fp32, dtype_bytes)
     if p.backward:
         t *= 3.0
     if not p.replay:
@@ -158,6 +157,8 @@ def estimate_stage(
     """The cost of one counted stage on machine `m` with the model in `dtype`."""
     nbytes = _DTYPE_BYTES.get(dtype, 4)
     seconds = sum(_pass_seconds(shape, m, p, nbytes) for p in w.passes)
+    if w.stage == "scan":
+        seconds *= m.scan_slowdown
     seconds += w.flops_extra / m.matmul_flops_fp32
     host_bps = m.bandwidth if m.kind == "cpu" else GPU_HOST_BPS
     seconds += w.host_bytes / host_bps
@@ -231,11 +232,7 @@ def _machine(shape: ModelShape, device: str, gpu: str | None, dtype: str) -> tup
                 f"({', '.join(gpu_names())})"
             )
         return gpu_machine(spec, dtype), "cuda"
-    act = "silu" if shape.gated_mlp else ("gelu_new" if shape.model_type == "gpt2" else "gelu")
-    return (
-        cpu_machine(shape.model_type, shape.d_model, shape.d_mlp, shape.n_heads, shape.d_head, act),
-        "cpu",
-    )
+    return cpu_machine(shape), "cpu"
 
 
 def _dtype(cfg: RunConfig, shape: ModelShape) -> str:

@@ -23,10 +23,12 @@ HEAD_VALUE_S = 26e-6
 """A head's exact direct attribution read in Python (per prompt and head)."""
 DECOMPOSE_S = 6e-4
 """One prompt's decomposition into terms, outside its forward pass."""
-READ_TOKEN_S = 8e-6
-"""Reading and tokenising one corpus token (twice: counted, then scanned)."""
+TOKENISE_S = 1.5e-6
+"""Tokenising one corpus token (a fast tokenizer, in batches of 64 documents)."""
 SHARD_WRITE_S = 0.012
 """Writing one shard atomically (fsync included)."""
+NEURON_ROW_S = 3e-5
+"""One neuron's row of the neurons table (its top token's text looked up)."""
 ROW_S = 2e-6
 """One attribution row through the labels and pairs (pandas)."""
 
@@ -84,6 +86,7 @@ def neurons_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWork
     nb, vb = cfg.neurons.neuron_block, cfg.neurons.vocab_block
     w.activation_bytes = min(nb, shape.d_mlp) * min(vb, shape.d_vocab) * 8.0 * 4
     w.tables.append(Table("neurons", shape.d_mlp * n_layers, 13 * 8 + 8))
+    w.items.append(Item("neuron rows", shape.d_mlp * n_layers, NEURON_ROW_S))
     w.knobs.append(
         f"{n_layers} layers x {shape.d_mlp:,} neurons x {shape.d_vocab:,} vocabulary tokens"
     )
@@ -101,7 +104,9 @@ def scan_work(
     seq = square / max(padded, 1)
     w.passes.append(Pass("corpus", calls * scale, corpus.docs, padded * scale, seq, layers))
     w.host_bytes = padded * scale * n_tracked * 4.0 * 6  # gathered, masked, summed, maxed
-    w.items.append(Item("read and tokenise the corpus", corpus.tokens, READ_TOKEN_S))
+    # the scan counts the source's documents first (for its progress), then reads them
+    w.items.append(Item("documents read", corpus.source_docs + corpus.docs, corpus.doc_seconds))
+    w.items.append(Item("tokens tokenised", corpus.tokens, TOKENISE_S))
     shards = math.ceil(corpus.docs / cfg.scan.shard_docs)
     w.items.append(Item("scan shards written", shards, SHARD_WRITE_S))
     k = cfg.scan.k
@@ -178,6 +183,9 @@ def examples_work(
             w.passes.append(_prompt_pass("read word: attention", f, lu, top_head, bt, groups=8))
             moved = f * rates.moved_read_word
             w.passes.append(_prompt_pass("read word: remeasure", moved, lt, depth, bt))
+    # the firings' documents are read again, up to the last one needed
+    w.items.append(Item("documents read again", corpus.docs, corpus.doc_seconds))
+    w.items.append(Item("tokens tokenised again", corpus.tokens, TOKENISE_S))
     if heads:
         w.items.append(Item("head values read", heads, HEAD_VALUE_S))
     if decomposed:
@@ -197,7 +205,8 @@ def examples_work(
                 layout.last_layer + 1,
             )
         )
-        w.items.append(Item("contrast search tokens", padded * scale, READ_TOKEN_S))
+        w.items.append(Item("contrast search documents read", docs, corpus.doc_seconds))
+        w.items.append(Item("contrast search tokens", padded * scale, TOKENISE_S))
         found = layout.n_contrast
         w.passes.append(
             _prompt_pass(

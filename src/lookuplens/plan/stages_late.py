@@ -28,8 +28,11 @@ LLM_REQUEST_S = 4.0
 
 GROUND_TRUTH_DOCS = 200
 """Held-out stories the bundled worlds' ground truth reads (`GroundTruthConfig.n_docs`)."""
-GROUND_TRUTH_SWAPS_PER_DOC = 1.0
-"""Annotated predictions with a swappable cue per held-out story."""
+GROUND_TRUTH_SWAPS_PER_DOC = 1.2
+"""Annotated predictions with a swappable cue per held-out story (1.65 storyworld, 0.57
+tripworld)."""
+GROUND_TRUTH_NEURONS_PER_SWAP = 2.0
+"""Selected neurons predicting a swap's target, each patched with every upstream head."""
 
 
 def _upstream_mean(layout: Layout) -> float:
@@ -291,10 +294,10 @@ def report_work(
         swaps = docs * GROUND_TRUTH_SWAPS_PER_DOC
         n = shape.n_layers
         w.passes.append(Pass("ground truth: attention", docs, docs, docs * doc_len, doc_len, n))
-        jobs = swaps * _upstream_mean(layout)
+        jobs = swaps * GROUND_TRUTH_NEURONS_PER_SWAP * _upstream_mean(layout)
         w.passes.append(
             _prompt_pass(
-                "ground truth: patches", jobs * 2 + swaps * 3, doc_len / 2, n, batch_rows=64
+                "ground truth: patches", jobs * 2 + swaps * 3, 0.8 * doc_len, n, batch_rows=64
             )
         )
         w.knobs.append(f"ground truth of the planted world: {docs} held-out stories")
