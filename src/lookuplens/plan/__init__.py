@@ -8,8 +8,9 @@ machine's CPU measured at the model's widths or by a named GPU's published figur
 (`lookuplens.plan.hardware`). docs/performance.md compares predictions with measured runs.
 """
 
+from lookuplens.plan.cpu import cpu_machine
 from lookuplens.plan.estimate import Plan, StageEstimate, plan_run
-from lookuplens.plan.hardware import GPUS, Machine, cpu_machine, gpu_machine, gpu_names
+from lookuplens.plan.hardware import GPUS, Machine, gpu_machine, gpu_names
 from lookuplens.plan.shape import ModelShape, read_config, shape_from_config
 from lookuplens.plan.work import Rates
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from lookuplens.errors import UserError
 from lookuplens.plan.corpus import CorpusProfile, profile_corpus
+from lookuplens.plan.cpu import cpu_machine
 from lookuplens.plan.hardware import (
     GPU_BANDWIDTH_EFFICIENCY,
     GPU_COMPUTE_EFFICIENCY,
     Machine,
-    cpu_machine,
     find_gpu,
     gpu_machine,
     gpu_names,
@@ -38,6 +38,8 @@ __all__ = ["Plan", "StageEstimate", "estimate_stage", "plan_run"]
 
 DISK_READ_BPS = 1.0e9
 """Bytes/s at which weights load from a local disk (safetensors, page cache cold)."""
+TABLE_WRITE_S = 0.02
+"""Writing one table atomically (fsync included) and recording it in run.json."""
 GPU_HOST_BPS = 1.0e10
 """Bytes/s of host-side array work beside a GPU (copies over PCIe, NumPy)."""
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -163,6 +165,7 @@ def estimate_stage(
     host_bps = m.bandwidth if m.kind == "cpu" else GPU_HOST_BPS
     seconds += w.host_bytes / host_bps
     seconds += sum(i.count * i.seconds_each for i in w.items) * m.python_scale
+    seconds += len(w.tables) * TABLE_WRITE_S
     weights = shape.params * nbytes
     if w.fp32_copy:
         weights += shape.params * 4

@@ -8,18 +8,14 @@ A forward pass through one decoder layer costs, in this model of time,
 
 (on a GPU: the larger of the FLOPs at the dense peak and the weights and activations
 read at the memory bandwidth, each times an efficiency factor, plus a launch overhead).
-`Machine` holds those rates; `cpu_machine` measures them on this machine with matrices
-of the model's own widths (a few hundred milliseconds, cached per process);
-`gpu_machine` takes them from `GPUS`.
+`Machine` holds those rates; `lookuplens.plan.cpu.cpu_machine` measures them on this
+machine at the model's own widths (a few seconds, cached per process); `gpu_machine`
+takes them from `GPUS`.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from lookuplens.errors import UserError
 from lookuplens.plan.shape import ModelShape
@@ -31,7 +27,6 @@ __all__ = [
     "GPU_LAYER_OVERHEAD_S",
     "GpuSpec",
     "Machine",
-    "cpu_machine",
     "gpu_machine",
     "gpu_names",
 ]
@@ -108,6 +103,9 @@ class Machine:
     """Bytes/s of memory traffic (GPU: weights read per layer call; CPU: host copies)."""
     memory_bytes: float
     """Device memory (GPU) or 0 where not known."""
+    layer_factor: float = 1.0
+    """A real decoder layer's compute over the components' sum (measured where the
+    model's layer is small enough to build: caches, the model's own code)."""
     scan_slowdown: float = 1.0
     """The scan's layer compute over the other stages' (the scan serves every buffer of
     1 MiB or more on fresh pages, `ScanConfig.bound_heap`)."""
@@ -139,6 +137,7 @@ class Machine:
             + tokens * seq * shape.n_heads * shape.d_head * self.attn_s_per_unit
             + tokens / max(seq, 1.0) * shape.n_heads * self.attn_s_per_row_head
         )
+        compute *= self.layer_factor
         if self.kind == "gpu":
             width = 4 if fp32 else dtype_bytes
             weights = calls * shape.layer_params * width
@@ -215,200 +214,3 @@ def gpu_machine(gpu: GpuSpec, dtype: str) -> Machine:
         bandwidth=gpu.bandwidth_gbs * 1e9 * GPU_BANDWIDTH_EFFICIENCY,
         memory_bytes=gpu.memory_gb * 1e9,
     )
-
-
-def _timed(fn: Callable[[], object], budget_s: float = 0.12, min_reps: int = 3) -> float:
-    """The median time of repeated calls of `fn` (at least `min_reps`, for about
-    `budget_s`): on a machine other jobs share, the median is what a stage sees."""
-    fn()  # warm-up: allocation, dispatch caches
-    times: list[float] = []
-    while len(times) < min_reps or sum(times) < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 40:
-            break
-    times.sort()
-    return times[len(times) // 2]
-
-
-REFERENCE_LAYER_OVERHEAD_S = 1.6e-4
-"""The per-layer overhead `cpu_machine` measured for the bundled GPT-2 models on the
-2-core machine where the per-item costs of `lookuplens.plan.work` were measured; the
-ratio to this machine's scales those costs."""
-
-
-def layer_matmuls(shape: ModelShape) -> list[tuple[int, int]]:
-    """(in, out) of each matrix multiplication of one decoder layer."""
-    d, m = shape.d_model, shape.d_mlp
-    q, kv = shape.n_heads * shape.d_head, shape.n_kv_heads * shape.d_head
-    if shape.gated_mlp:
-        return [(d, q), (d, kv), (d, kv), (q, d), (d, m), (d, m), (m, d)]
-    return [(d, 3 * d), (d, d), (d, m), (m, d)]
-
-
-def cpu_machine(shape: ModelShape) -> Machine:
-    """This machine's CPU, measured at the model's widths (cached per process)."""
-    act = "silu" if shape.gated_mlp else ("gelu_new" if shape.model_type == "gpt2" else "gelu")
-    return _cpu_machine(
-        shape.model_type,
-        tuple(layer_matmuls(shape)),
-        shape.d_model,
-        shape.d_mlp,
-        shape.n_heads,
-        shape.d_head,
-        act,
-    )
-
-
-MAX_BENCH_ROWS = 8192
-"""Rows of the benchmark's matmuls: the prompts stages' batches (8,192 tokens)."""
-MAX_BENCH_WEIGHT = 2048 * 4096
-"""Weights per benchmarked matmul at most (32 MiB); a wider one is measured at a
-narrower shape of the same aspect (its rate is near the machine's peak either way)."""
-
-
-@dataclass(frozen=True)
-class _Suite:
-    matmul_flops: float
-    act_s: float
-    norm_s: float
-    seconds: float
-    """The suite's time in all (matmuls, activation, norm)."""
-
-
-def _suite(matmuls: tuple[tuple[int, int], ...], d_model: int, d_mlp: int, act: str) -> _Suite:
-    """The layer's own matmuls (with bias, on a batch of up to `MAX_BENCH_ROWS` rows,
-    ~4M outputs and ~0.5 GFLOP at most), its MLP activation on ~4M elements, and a
-    norm."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    flops = t_mm = 0.0
-    with torch.no_grad():
-        for n_in, n_out in matmuls:
-            shrink = max(1.0, (n_in * n_out / MAX_BENCH_WEIGHT) ** 0.5)
-            k, n = max(8, int(n_in / shrink)), max(8, int(n_out / shrink))
-            rows = max(64, min(MAX_BENCH_ROWS, (1 << 22) // n, (1 << 28) // (k * n)))
-            x = torch.randn(rows, k, generator=g)
-            w = torch.randn(k, n, generator=g)
-            bias = torch.randn(n, generator=g)
-            t_mm += _timed(functools.partial(torch.addmm, bias, x, w))
-            flops += 2.0 * rows * k * n
-        d = min(d_model, 2048)
-        m = min(d_mlp, 4096)
-        rows = max(64, (1 << 22) // m)  # ~4M elements: the size of a real batch's MLP
-        act_fn = _activation(act)
-        y = torch.randn(rows, m, generator=g)
-        t_act = _timed(lambda: act_fn(y))
-        z = torch.randn(rows * m // d, d, generator=g)
-        ln = torch.nn.LayerNorm(d)
-        t_norm = _timed(lambda: ln(z))
-    return _Suite(flops / t_mm, t_act / (rows * m), t_norm / z.numel(), t_mm + t_act + t_norm)
-
-
-@functools.cache
-def _cpu_machine(
-    model_type: str,
-    matmuls: tuple[tuple[int, int], ...],
-    d_model: int,
-    d_mlp: int,
-    n_heads: int,
-    d_head: int,
-    act: str,
-) -> Machine:
-    """This machine's CPU at these widths (`_suite`, attention, and a tiny model's forward
-    for the per-call overhead). The suite runs twice: with the scan's allocator setting
-    (`lookuplens.scan.bound_native_heap`: every buffer of 1 MiB or more on fresh pages),
-    then with the setting the scan leaves for the later stages, as in a run."""
-    import torch
-
-    from lookuplens.scan import RELEASED_MMAP_THRESHOLD, bound_native_heap
-
-    t_start = time.perf_counter()
-    bounded = bound_native_heap()
-    scan_suite = _suite(matmuls, d_model, d_mlp, act)
-    if bounded:
-        bound_native_heap(RELEASED_MMAP_THRESHOLD)
-    suite = _suite(matmuls, d_model, d_mlp, act)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        f_sdpa = torch.nn.functional.scaled_dot_product_attention
-        per_row: list[float] = []
-        for p in (32, 128):
-            b = max(1, 4096 // p)
-            q = torch.randn(b, n_heads, p, min(d_head, 256), generator=g)
-            mask = torch.ones(b, 1, p, p, dtype=torch.bool).tril()
-            t = _timed(functools.partial(f_sdpa, q, q, q, attn_mask=mask))
-            per_row.append(t / (b * n_heads))
-        # per (row, head): c0 + c1 x p^2 x d_head, through the two widths
-        dh = min(d_head, 256)
-        attn_unit = max((per_row[1] - per_row[0]) / ((128**2 - 32**2) * dh), 1e-13)
-        attn_row = max(per_row[0] - attn_unit * 32**2 * dh, 0.0)
-    layer_s, call_s = _overhead(model_type)
-    return Machine(
-        name="this machine's CPU",
-        kind="cpu",
-        matmul_flops=suite.matmul_flops,
-        matmul_flops_fp32=suite.matmul_flops,
-        act_s_per_element=suite.act_s,
-        norm_s_per_element=suite.norm_s,
-        attn_s_per_unit=attn_unit,
-        attn_s_per_row_head=attn_row,
-        layer_overhead_s=layer_s,
-        call_overhead_s=call_s,
-        bandwidth=_copy_bandwidth(),
-        memory_bytes=0.0,
-        python_scale=max(layer_s / REFERENCE_LAYER_OVERHEAD_S, 0.25),
-        scan_slowdown=max(scan_suite.seconds / suite.seconds, 1.0) if bounded else 1.0,
-        measured_s=time.perf_counter() - t_start,
-    )
-
-
-def _activation(name: str) -> Callable[[object], object]:
-    try:
-        from transformers.activations import ACT2FN
-
-        fn = ACT2FN[name]
-    except (ImportError, KeyError):
-        import torch
-
-        fn = torch.nn.functional.gelu
-    return fn  # type: ignore[no-any-return]
-
-
-def _forward_of(lm: Any, ids: Any, n_layers: int) -> Callable[[], object]:
-    name = f"blocks.{n_layers - 1}.mlp.hook_post"
-    return lambda: lm.run_with_cache(ids, [name], stop_after_layer=n_layers - 1)
-
-
-def _copy_bandwidth() -> float:
-    import torch
-
-    a = torch.ones(1 << 22, dtype=torch.float64)  # 32 MiB
-    t = _timed(lambda: a.mul(1.0001), budget_s=0.05)
-    return 2 * a.numel() * 8 / t  # read and write
-
-
-@functools.cache
-def _overhead(model_type: str) -> tuple[float, float]:
-    """Seconds per decoder-layer call and per forward call of the adapter on this CPU:
-    forwards of a 1-layer and a 5-layer tiny model of the family (width 32, 8 tokens)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from lookuplens.model.loading import from_hf
-    from lookuplens.model.tiny import tiny_config
-
-    family = {"gpt_neox": "gpt_neox"}.get(model_type, model_type)
-    if family not in ("gpt2", "gpt_neox", "llama", "mistral", "qwen2"):
-        family = "llama"
-    times = []
-    ids = torch.zeros(2, 8, dtype=torch.long)
-    for n_layers in (1, 5):
-        cfg = tiny_config(family, vocab_size=64, n_layers=n_layers)
-        torch.manual_seed(0)
-        lm = from_hf(AutoModelForCausalLM.from_config(cfg), None, "bench")
-        times.append(_timed(_forward_of(lm, ids, n_layers), budget_s=0.08, min_reps=5))
-    per_layer = max((times[1] - times[0]) / 4, 1e-5)
-    return per_layer, max(times[0] - per_layer, 1e-5)

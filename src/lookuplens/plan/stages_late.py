@@ -31,7 +31,7 @@ GROUND_TRUTH_DOCS = 200
 GROUND_TRUTH_SWAPS_PER_DOC = 1.2
 """Annotated predictions with a swappable cue per held-out story (1.65 storyworld, 0.57
 tripworld)."""
-GROUND_TRUTH_NEURONS_PER_SWAP = 2.0
+GROUND_TRUTH_NEURONS_PER_SWAP = 1.0
 """Selected neurons predicting a swap's target, each patched with every upstream head."""
 
 
