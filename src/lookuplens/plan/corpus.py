@@ -95,7 +95,11 @@ def profile_corpus(
     else:
         docs = source_docs = _count_docs(spec)
         tokens = round(sum(lengths) / len(lengths) * docs)
-        how += f", {len(lengths):,} of {docs:,} documents"
+        how += (
+            f", {len(lengths):,} of {docs:,} documents"
+            if docs > len(lengths)
+            else (f", all {docs:,} documents")
+        )
     if spec.max_tokens is not None and tokens > spec.max_tokens:
         docs = max(1, round(docs * spec.max_tokens / tokens))
         tokens = spec.max_tokens
