@@ -26,7 +26,7 @@ from lookuplens.run_options import (
 def _run_stages(until: str | None, opts: dict[str, object], given: Iterable[str]) -> None:
     cfg = config_from_options(opts, given)
     if opts.get("plan"):
-        from lookuplens.cli.plan import plan_for_run
+        from lookuplens.cli.plan_view import plan_for_run
 
         plan_for_run(cfg, until)
         return
