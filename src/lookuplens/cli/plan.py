@@ -23,6 +23,7 @@ from lookuplens.cli.run import (
     MethodsOpt,
     PresetOpt,
     TopNOpt,
+    with_option_defaults,
 )
 
 __all__ = ["plan_command"]
@@ -31,7 +32,7 @@ __all__ = ["plan_command"]
 def plan_command():  # type: ignore[no-untyped-def]
     """The ``plan`` command; its run options' defaults are RunConfig's (filled in below),
     so it is built when the CLI mounts its library commands."""
-    from lookuplens.run_options import OPTIONS, option_default
+    from lookuplens.run_options import OPTIONS
 
     def command(
         ctx: typer.Context,
@@ -76,18 +77,4 @@ def plan_command():  # type: ignore[no-untyped-def]
         plan = plan_run(cfg, corpus_tokens=corpus_tokens or None, gpu=gpu or None)
         print_plan(plan, as_json=as_json)
 
-    import inspect as _inspect
-    import typing
-
-    sig = _inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)
-    command.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[
-            p.replace(
-                annotation=hints[p.name],
-                default=option_default(p.name) if p.name in OPTIONS else p.default,
-            )
-            for p in sig.parameters.values()
-        ]
-    )
-    return command
+    return with_option_defaults(command)

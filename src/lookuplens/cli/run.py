@@ -4,7 +4,7 @@ RunConfig's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -197,6 +197,14 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
         opts = {k: v for k, v in locals().items() if k != "ctx"}
         _run_stages(until, opts, given_options(ctx, OPTIONS))
 
+    with_option_defaults(command)
+    command.__doc__ = help_text
+    return command
+
+
+def with_option_defaults(command: Callable[..., None]) -> Callable[..., None]:
+    """Give each of `command`'s parameters that is an `OPTIONS` entry its `RunConfig`
+    default (and every parameter its resolved annotation), so that --help shows them."""
     import inspect as _inspect
     import typing
 
@@ -211,7 +219,6 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
             for p in sig.parameters.values()
         ]
     )
-    command.__doc__ = help_text
     return command
 
 
