@@ -57,24 +57,31 @@ def forward(
         hooks.append((hook_name(layer, "mlp.hook_post"), grab))
     at = torch.arange(len(rows))
     if calls is None:
-        # the final residual stream, unembedded at the last positions only (a full LM head
-        # over every position costs as much as the rest for a large vocabulary)
-        got: dict[str, Tensor] = {}
-
-        def keep(x: Tensor, _n: str) -> None:
-            got["out"] = x
-
-        hooks.append((hook_name(lm.n_layers - 1, "hook_resid_post"), keep))
-        lm.run_with_cache(
-            ids, [], attention_mask=mask, extra_hooks=hooks, stop_after_layer=lm.n_layers - 1
-        )
-        out = got["out"]
+        # unembedded at the last positions only (a full LM head over every position costs
+        # as much as the rest for a large vocabulary)
+        out = final_residual(lm, ids, mask, hooks)
     else:
         # prefix reuse: layers before the first edited one are the same as in the clean run
         start = min(r.layer for r in rows)
         out = lm.replay_layers(calls, start, lm.n_layers - 1, calls[start].hidden, at, hooks=hooks)
     last = lm.unembed(out[at, pos.to(out.device)]).double()
     return torch.log_softmax(last, dim=-1).cpu(), acts
+
+
+def final_residual(
+    lm: LoadedModel, ids: Tensor, mask: Tensor, hooks: list[tuple[str, HookFn]] | None = None
+) -> Tensor:
+    """The last layer's output residual stream ``[b, p, d]`` (before the final norm), with
+    `hooks` applied; the final norm and the LM head are not run."""
+    got: dict[str, Tensor] = {}
+
+    def keep(x: Tensor, _n: str) -> None:
+        got["out"] = x
+
+    last = lm.n_layers - 1
+    extra = [*(hooks or []), (hook_name(last, "hook_resid_post"), keep)]
+    lm.run_with_cache(ids, [], attention_mask=mask, extra_hooks=extra, stop_after_layer=last)
+    return got["out"]
 
 
 def neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Callable:

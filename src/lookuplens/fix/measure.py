@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from lookuplens.errors import UserError
-from lookuplens.model import LoadedModel, hook_name, pad_right
+from lookuplens.interventions import final_residual
+from lookuplens.model import LoadedModel, pad_right
 
 __all__ = [
     "Controls",
@@ -69,30 +70,13 @@ def _batches(seqs: Sequence[Sequence[int]], max_tokens: int = _BATCH_TOKENS) -> 
     return out
 
 
-def _final_resid(lm: LoadedModel, ids: Tensor, mask: Tensor) -> Tensor:
-    got: dict[str, Tensor] = {}
-
-    def keep(x: Tensor, _n: str) -> None:
-        got["out"] = x
-
-    last = lm.n_layers - 1
-    lm.run_with_cache(
-        ids,
-        [],
-        attention_mask=mask,
-        extra_hooks=[(hook_name(last, "hook_resid_post"), keep)],
-        stop_after_layer=last,
-    )
-    return got["out"]
-
-
 def final_logprobs(lm: LoadedModel, seqs: Sequence[Sequence[int]]) -> Tensor:
     """Next-token log-probs at each sequence's last position, ``[n, d_vocab]`` float64."""
     out = torch.empty(len(seqs), lm.d_vocab, dtype=torch.float64)
     for idx in _batches(seqs):
         ids, mask = pad_right(lm, [list(seqs[i]) for i in idx])
         pos = (mask.sum(1) - 1).to(lm.device)
-        resid = _final_resid(lm, ids, mask)
+        resid = final_residual(lm, ids, mask)
         logits = lm.unembed(resid[torch.arange(len(idx), device=resid.device), pos])
         out[torch.tensor(idx)] = torch.log_softmax(logits.double(), -1).cpu()
     return out
@@ -220,7 +204,7 @@ class SideEffects:
     def _logprobs(self, lm: LoadedModel, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs ``[b, p, V]`` (float32), the next tokens and the mask of scored positions."""
         ids, mask = pad_right(lm, [self.seqs[i] for i in idx])
-        resid = _final_resid(lm, ids, mask)
+        resid = final_residual(lm, ids, mask)
         lp = torch.log_softmax(lm.unembed(resid[:, :-1]).float(), -1).cpu()
         scored = mask[:, 1:].bool() & mask[:, :-1].bool()
         return lp, ids[:, 1:].cpu(), scored.cpu()
