@@ -194,7 +194,6 @@ class SideEffects:
     """Scored positions where the original model predicts the target (left out of ``kl``)."""
     _cache: list[Tensor] | None = field(default=None, repr=False)
     _batches: list[list[int]] = field(default_factory=list, repr=False)
-    _on_target: list[Tensor] = field(default_factory=list, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -214,18 +213,18 @@ class SideEffects:
         # a batch's log-probs over the vocabulary stay under about 256 MiB
         self._batches = _batches(self.seqs, max(256, min(_BATCH_TOKENS, 2**26 // lm.d_vocab)))
         nll, n = 0.0, 0
+        self.on_target_tokens = 0
         cache: list[Tensor] = []
         size = self.n_tokens * lm.d_vocab * 4
         for idx in self._batches:
             lp, nxt, scored = self._logprobs(lm, idx)
             nll -= float(lp.gather(-1, nxt[..., None])[..., 0][scored].double().sum())
             n += int(scored.sum())
-            self._on_target.append((lp.argmax(-1) == self.exclude[0]) & scored)
+            self.on_target_tokens += int(((lp.argmax(-1) == self.exclude[0]) & scored).sum())
             if size <= _CACHE_BYTES:
                 cache.append(lp)
         self.base_loss = nll / max(n, 1)
         self._cache = cache if size <= _CACHE_BYTES else None
-        self.on_target_tokens = sum(int(o.sum()) for o in self._on_target)
 
     def measure(self, lm: LoadedModel, original: LoadedModel | None = None) -> dict[str, float]:
         """Side effects (see `rest_kl`): ``kl``, the mean per token of KL(original ||

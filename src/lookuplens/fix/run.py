@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from lookuplens.errors import UserError
 from lookuplens.fix.candidates import Evidence, propose
 from lookuplens.fix.edits import Edit, applied
@@ -254,6 +256,7 @@ def run_fix(
     side = _side_effects(lm, source, opts, inputs, exclude)
     say(f"{len(texts)} prompts, {len(controls.texts)} controls, {side.n_tokens} held-out tokens")
 
+    search = Search(lm, prompts, side, controls, settings, progress=say)
     if inputs.edits is not None:
         # the given edits only: no candidates to propose
         candidates, evidence = [tuple(sorted(set(inputs.edits)))], Evidence()
@@ -276,7 +279,7 @@ def run_fix(
             n_neurons=settings.n_neurons,
             n_heads=settings.n_heads,
             run_findings=findings,
-            alternatives=_alternatives(lm, prompts),
+            alternatives=_alternatives(search.before_lp, prompts),
             logit_scales=settings.scales_of_logit_edits,
         )
         candidates = [g for g in candidates if all(e.kind in settings.kinds for e in g)]
@@ -285,7 +288,6 @@ def run_fix(
             f"no neuron pushes {prompts.target!r} on these prompts, so there is nothing to "
             "edit; check the target and the prompts"
         )
-    search = Search(lm, prompts, side, controls, settings, progress=say)
     ranked = search.run(candidates)
     chosen = search.choose(ranked)
     say(f"chosen: {chosen.name}")
@@ -337,16 +339,15 @@ def run_fix(
 
 
 def _alternatives(
-    lm: LoadedModel, prompts: PromptSet, top: int = 20
+    before_lp: Tensor, prompts: PromptSet, top: int = 20
 ) -> tuple[tuple[int, float], ...]:
     """What the target is weighed against in a logit edit: the contrast token; else what
-    the unedited model predicts instead of the target on the prompts (its distribution
-    without the target, averaged over the prompts, the top `top` tokens renormalised)."""
+    the unedited model predicts instead of the target on the prompts (`before_lp`: its
+    next-token log-probs there; its distribution without the target, averaged over the
+    prompts, the top `top` tokens renormalised)."""
     if prompts.contrast_id is not None:
         return ((prompts.contrast_id, 1.0),)
-    from lookuplens.fix.measure import final_logprobs
-
-    p = final_logprobs(lm, prompts.ids).exp()
+    p = before_lp.exp()
     p[:, prompts.target_id] = 0
     q = (p / p.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)
     w, ids = q.topk(min(top, len(q)))
@@ -451,10 +452,9 @@ def _export(
         answers = controls.answers(edited)
         sfx = side.measure(edited, original=lm)
         ach = search.achieved(t)
-        sign = 1.0 if settings.goal == "increase" else -1.0
         result["after"] = {
             "target": t.to_dict(),
-            "effect": sign * (t.score - search.before.score),
+            "effect": search.effect(t),
             "achieved": ach,
             "meets_requirement": ach >= settings.require,
             "controls_accuracy": controls.accuracy(answers),

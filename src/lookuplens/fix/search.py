@@ -168,6 +168,11 @@ class Search:
         self.controls_before = self.controls.answers(self.lm)
         self.side.prepare(self.lm)
 
+    def effect(self, t: TargetResult) -> float:
+        """The change of the target score in the goal's direction (positive is wanted)."""
+        sign = 1.0 if self.settings.goal == "increase" else -1.0
+        return sign * (t.score - self.before.score)
+
     def achieved(self, t: TargetResult) -> float:
         goal = self.settings.goal
         if self.prompts.contrast_id is not None:
@@ -188,7 +193,6 @@ class Search:
             t, _ = measure_target(self.lm, self.prompts, self.before_lp)
             answers = self.controls.answers(self.lm)
             side = self.side.measure(self.lm)
-        sign = 1.0 if self.settings.goal == "increase" else -1.0
         ach = self.achieved(t)
         acc = self.controls.accuracy(answers)
         acc0 = self.controls.accuracy(self.controls_before)
@@ -198,7 +202,7 @@ class Search:
         c = Candidate(
             edits=key,
             target=t,
-            effect=sign * (t.score - self.before.score),
+            effect=self.effect(t),
             achieved=ach,
             meets=ach >= self.settings.require,
             side=side,
