@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import cli as run_cli
 from lookuplens.plan import Machine, plan_run, read_config, shape_from_config
 from lookuplens.plan.estimate import count_work, estimate_stage
 from lookuplens.plan.stages import attribute_work, simulate_batches
@@ -63,15 +62,7 @@ MACHINE = Machine(
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
-    return subprocess.run(
-        [sys.executable, "-m", "lookuplens.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd, columns=160)
 
 
 def _folder(root: Path, name: str, config: dict[str, object]) -> Path:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+from cli_helpers import cli as run_cli
 
 pytestmark = pytest.mark.slow  # each test runs the whole pipeline from the CLI (10-16 s)
 
@@ -63,14 +63,7 @@ def unseen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
-    return subprocess.run(
-        [sys.executable, "-m", "lookuplens.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_cli(*args, columns=160, timeout=600)
 
 
 def tables(run: Path) -> dict[str, object]:

@@ -5,14 +5,13 @@ written."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_helpers import cli as run_cli
 from lookuplens.fix.edits import Edit
 from lookuplens.fix.run import FixInputs, run_fix
 from lookuplens.fix.search import FixSettings
@@ -111,14 +110,7 @@ def test_given_edits_are_measured_and_exported(
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "lookuplens.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return run_cli(*args, columns=200)
 
 
 @pytest.mark.slow
