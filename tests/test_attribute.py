@@ -308,6 +308,51 @@ def test_candidate_heads_take_the_better_of_the_two_ranks() -> None:
     assert mask[0].nonzero().flatten().tolist() == [0, 1, 4]
 
 
+def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor(
+    lm: LoadedModel,
+) -> None:
+    layer = lm.n_layers - 1
+    ex = examples(lm, layer)
+    act = 2e-3  # small, so that some heads' estimates reach the floor and some do not
+    ex = ex.set_column(
+        ex.schema.get_field_index("trimmed_activation"), "trimmed_activation", pa.array([act] * 3)
+    )
+    methods = ("direct", "zero_ablation", "attribution_patching")
+    cfg = AttributeConfig(
+        methods=methods, candidates=1, label_rule="ablation_typical", candidate_share=0.5
+    )
+    att = attribute_examples(lm, ex, cfg).to_pandas()
+    floor = 0.5 * 0.2 * act  # share x label_fraction x the neuron's median top activation
+    sizes = []
+    for eid in range(3):
+        mine = att[att.example_id == eid].set_index(["head_layer", "head"])
+        ap, direct = mine[mine.method == "attribution_patching"].value, mine[
+            mine.method == "direct"
+        ].value
+        want = set(ap[ap >= floor].index) | {direct.idxmax()}  # top 1: direct's first
+        got = set(mine[mine.method == "zero_ablation"].index)
+        assert got == want
+        sizes.append(len(got))
+    n_up = len(upstream_layers(lm, layer)) * lm.n_heads
+    assert max(sizes) > 1 and min(sizes) < n_up, sizes  # the floor added some, not all
+
+
+def test_active_floor_follows_the_label_rule() -> None:
+    from lookuplens.attribute.labels import active_floor
+
+    ref = torch.tensor([1.0, 0.0, 2.0])
+    est = torch.tensor([[0.5, 0.5, -1.0], [0.1, 0.0, 0.0], [0.05, 0.05, 0.0]])
+    typ = active_floor(AttributeConfig(label_rule="ablation_typical"), ref, est)
+    assert typ.tolist() == [0.2, float("inf"), 0.4]
+    # share: min(fraction x ref, max(floor x ref, fraction x drive)); drive = positive sum
+    share = active_floor(AttributeConfig(label_rule="ablation_share"), ref, est)
+    np.testing.assert_allclose(share.numpy(), [0.2, np.inf, 0.1])
+    mean_std = active_floor(
+        AttributeConfig(label_rule="mean_std", methods=("direct",)), ref, est
+    )
+    assert torch.isinf(mean_std).all()
+
+
 def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: LoadedModel) -> None:
     layer = lm.n_layers - 1
     ex = examples(lm, layer)
@@ -315,7 +360,8 @@ def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: Loade
     methods = ("direct", "zero_ablation", "resample_ablation", "attribution_patching")
     full = attribute_examples(lm, ex, AttributeConfig(methods=methods, candidates=0))
     k = max(1, n_up // 3)
-    pruned = attribute_examples(lm, ex, AttributeConfig(methods=methods, candidates=k))
+    cfg = AttributeConfig(methods=methods, candidates=k, candidate_share=0)  # exactly k
+    pruned = attribute_examples(lm, ex, cfg)
     f, p = full.to_pandas(), pruned.to_pandas()
     for m in ("direct", "attribution_patching"):  # cheap methods: every head, same values
         a, b = f[f.method == m], p[p.method == m]
@@ -326,7 +372,7 @@ def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: Loade
         b = p[p.method == m].set_index(["example_id", "head_layer", "head"]).value
         assert len(b) == 3 * k  # k heads per example
         np.testing.assert_allclose(b.to_numpy(), a.reindex(b.index).to_numpy(), atol=1e-7)
-    labels = label_examples(pruned, ex, AttributeConfig(methods=methods, candidates=k))
+    labels = label_examples(pruned, ex, cfg)
     lab = labels.to_pandas()
     assert lab.candidate.sum() == 3 * k and len(lab) == 3 * n_up
     assert not lab[~lab.candidate].active.any()

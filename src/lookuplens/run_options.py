@@ -91,6 +91,7 @@ OPTIONS: dict[str, Option] = {
     ),
     "label_rule": Option(("attribute.label_rule",), str),
     "candidates": Option(("attribute.candidates",), int),
+    "candidate_share": Option(("attribute.candidate_share",), float),
     "backend": Option(("backend",), str),
     "ray_address": Option(("ray.address",), lambda v: str(v) or None, lambda v: v or ""),
     "workers": Option(("ray.workers",), lambda v: int(v) or None, lambda v: v or 0),

@@ -74,10 +74,19 @@ class AttributeConfig:
     candidates: int = 16
     """The exact ablations run on the `candidates` upstream heads per example that the
     cheap methods rank highest (``direct``, one pass, and ``attribution_patching``, one
-    backward pass for all heads: a head's rank is the better of its two ranks); the other
-    heads get no ablation rows and are labelled inactive (`labels.candidate` False).
-    0 ablates every upstream head. Models with at most this many upstream heads per
-    neuron layer (the bundled ones: 16) are not pruned at all."""
+    backward pass for all heads: a head's rank is the better of its two ranks), and on
+    every other head that `candidate_share` admits; the remaining heads get no ablation
+    rows and are labelled inactive (`labels.candidate` False). 0 ablates every upstream
+    head. Models with at most this many upstream heads per neuron layer (the bundled
+    ones: 16) are not pruned at all."""
+    candidate_share: float = 0.5
+    """With an ablation label rule, a head beyond the top `candidates` is ablated too when
+    its attribution-patching estimate (the linear estimate of its zero-ablation effect)
+    reaches this share of the least effect the rule calls active on that example, so a
+    head the full sweep would label active is pruned only when the estimate is off by
+    more than 1/share. Where many heads drive a neuron a little each (random-weight
+    models) this, not the top `candidates`, keeps the labels. 0: exactly the top
+    `candidates`."""
     batch_examples: int = 32
     """Examples per batch (each ablation batch holds n_heads times as many rows)."""
     seed: int = 0
@@ -89,6 +98,10 @@ class AttributeConfig:
             raise ValueError(f"candidates must be an integer, got {self.candidates!r}")
         if self.candidates < 0:
             raise ValueError("candidates must be at least 0 (0: ablate every upstream head)")
+        if not 0 <= self.candidate_share <= 1:
+            raise ValueError(
+                f"candidate_share must be in [0, 1] (default 0.5), got {self.candidate_share}"
+            )
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(

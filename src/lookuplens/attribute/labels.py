@@ -6,10 +6,66 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import torch
+from torch import Tensor
 
 from lookuplens.attribute.config import ABLATIONS, AttributeConfig
 
-__all__ = ["build_pairs", "label_examples", "mechanism_label", "pd_index", "pd_index_cols"]
+__all__ = [
+    "active_floor",
+    "build_pairs",
+    "label_examples",
+    "label_reference",
+    "mechanism_label",
+    "pd_index",
+    "pd_index_cols",
+]
+
+
+def typical_activation(examples):  # type: ignore[no-untyped-def]
+    """Per (layer, neuron) the median trimmed activation of its top prompts (0 if negative):
+    the reference of the ``ablation_typical`` and ``ablation_share`` rules."""
+    top = examples if "kind" not in examples.columns else examples[examples.kind == "top"]
+    return top.groupby(["layer", "neuron"]).trimmed_activation.median().clip(lower=0)
+
+
+def label_reference(examples, cfg: AttributeConfig) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Per row of the ``examples`` frame, the activation an ablation label rule measures
+    effects against: the neuron's typical activation (``ablation_typical``,
+    ``ablation_share``), the example's own (``ablation_fraction``); 0 where no head can be
+    active, NaN for the rules that do not read ablations."""
+    rule = cfg.label_rule
+    if not rule.startswith("ablation"):
+        return np.full(len(examples), np.nan)
+    if rule == "ablation_fraction":
+        act = examples.trimmed_activation.to_numpy(dtype=float)
+    else:
+        act = (
+            typical_activation(examples)
+            .reindex(pd_index_cols(examples, ["layer", "neuron"]))
+            .fillna(0)
+            .to_numpy(dtype=float)
+        )
+    return np.clip(act, 0, None)
+
+
+def active_floor(cfg: AttributeConfig, ref: Tensor, estimate: Tensor) -> Tensor:
+    """``[B]`` the least zero-ablation effect with which the label rule can call a head
+    active on each example, given the reference activations ``ref`` ``[B]`` (from
+    `label_reference`) and estimated effects of every upstream head ``estimate``
+    ``[B, n]`` (``ablation_share`` compares an effect with the drive of all heads; the
+    estimate stands in for it). ``inf`` where no head can be active or the rule does not
+    read ablations."""
+    ref = torch.nan_to_num(ref.double(), nan=0.0)
+    if cfg.label_rule in ("ablation_typical", "ablation_fraction"):
+        floor = cfg.label_fraction * ref
+    elif cfg.label_rule == "ablation_share":
+        drive = estimate.double().clamp(min=0).sum(dim=1)
+        share = torch.maximum(cfg.label_floor * ref, cfg.label_fraction * drive)
+        floor = torch.minimum(cfg.label_fraction * ref, share)
+    else:
+        return torch.full_like(ref, float("inf"))
+    return torch.where(ref > 0, floor, torch.full_like(ref, float("inf")))
 
 
 def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeConfig) -> pa.Table:
@@ -32,8 +88,7 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
         active = (act > 0) & (eff >= cfg.label_fraction * act)
     else:  # ablation_typical, ablation_share
         eff = _zero_ablation_effects(df, val)
-        top = ex if "kind" not in ex.columns else ex[ex.kind == "top"]
-        typical = top.groupby(["layer", "neuron"]).trimmed_activation.median().clip(lower=0)
+        typical = typical_activation(ex)
         ref = typical.reindex(pd_index_cols(val, ["layer", "neuron"])).to_numpy()
         if cfg.label_rule == "ablation_typical":
             active = (ref > 0) & (eff >= cfg.label_fraction * ref)

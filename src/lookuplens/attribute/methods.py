@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lookuplens.attribute.config import ABLATIONS, AttributeConfig
+from lookuplens.attribute.labels import active_floor
 from lookuplens.attribute.readout import (
     frozen_norm_direction,
     mlp_stream_point,
@@ -23,10 +24,13 @@ from lookuplens.model import HookFn, LoadedModel, hook_name, pad_right
 __all__ = ["Attributor", "candidate_heads", "head_means"]
 
 
-def candidate_heads(direct: Tensor, patching: Tensor, k: int) -> Tensor:
+def candidate_heads(
+    direct: Tensor, patching: Tensor, k: int, floor: Tensor | None = None
+) -> Tensor:
     """``[B, n]`` mask of the `k` heads per example that the cheap methods rank highest: a
     head's rank is the better of its ranks by ``direct`` and by ``attribution_patching``
-    (both largest first), ties broken by ``direct``."""
+    (both largest first), ties broken by ``direct``; and, given ``floor`` ``[B]``, every
+    head whose ``attribution_patching`` estimate reaches its example's floor."""
 
     def ranks(v: Tensor) -> Tensor:
         order = torch.argsort(v, dim=1, descending=True, stable=True)
@@ -39,6 +43,8 @@ def candidate_heads(direct: Tensor, patching: Tensor, k: int) -> Tensor:
     keep = torch.argsort(best, dim=1, stable=True)[:, :k]
     mask = torch.zeros_like(direct, dtype=torch.bool)
     mask.scatter_(1, keep, True)
+    if floor is not None:
+        mask |= patching >= floor.to(patching.dtype)[:, None]
     return mask
 
 
@@ -50,6 +56,7 @@ class _Batch:
     ids: Tensor
     mask: Tensor
     pos: Tensor  # [B]
+    reference: Tensor | None = None  # [B] the label rule's reference activation
 
 
 def head_means(
@@ -130,11 +137,13 @@ class Attributor:
                 )
                 vals.append(post[:, None] - a.double().reshape(B, H))
             out["path_patching"] = torch.cat(vals, dim=1)
-        chosen = (
-            candidate_heads(out["direct"], out["attribution_patching"], cfg.candidates)
-            if prune
-            else None
-        )
+        chosen = None
+        if prune:
+            patching = out["attribution_patching"]
+            floor = None
+            if cfg.candidate_share > 0 and b.reference is not None:
+                floor = cfg.candidate_share * active_floor(cfg, b.reference, patching)
+            chosen = candidate_heads(out["direct"], patching, cfg.candidates, floor)
         for method in ablations:
             out[method] = self._ablate(b, calls, zs, post, ups, method, chosen)
         return {m: out[m] for m in cfg.methods}

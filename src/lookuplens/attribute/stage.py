@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 from lookuplens.attribute.config import AttributeConfig
+from lookuplens.attribute.labels import label_reference
 from lookuplens.attribute.methods import Attributor, _Batch, head_means
 from lookuplens.attribute.readout import upstream_layers
 from lookuplens.model import LoadedModel, pad_right
@@ -46,6 +47,9 @@ class ExampleBatch:
     """``[B]`` the neuron (in `layer`) of each example."""
     tokens: tuple[np.ndarray, ...]
     """Each example's trimmed prompt (token ids), ending at the firing token."""
+    reference: np.ndarray | None = None
+    """``[B]`` the activation the label rule measures ablation effects against
+    (`label_reference`), for the candidate pruning; None: the top `candidates` only."""
 
 
 def plan_batches(
@@ -60,6 +64,7 @@ def plan_batches(
     ex = examples.to_pandas()
     ex["_len"] = ex.tokens.map(len)
     ex = ex.sort_values(["layer", "_len", "neuron", "example_id"], kind="stable")
+    ex["_ref"] = label_reference(ex, cfg)
     prompts = [list(t) for t in ex.tokens]
     batches: list[ExampleBatch] = []
     for layer, g in ex.groupby("layer", sort=True):
@@ -71,6 +76,7 @@ def plan_batches(
                     example_ids=part.example_id.to_numpy(),
                     neurons=part.neuron.to_numpy(),
                     tokens=tuple(part.tokens),
+                    reference=part._ref.to_numpy(dtype=np.float64),
                 )
             )
     return prompts, batches
@@ -88,6 +94,7 @@ def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
         ids=ids,
         mask=mask,
         pos=mask.sum(1) - 1,
+        reference=None if eb.reference is None else torch.tensor(eb.reference),
     )
     vals = att.run(batch)
     ups = upstream_layers(lm, layer, cfg.include_same_layer)

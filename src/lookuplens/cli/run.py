@@ -116,8 +116,15 @@ CandidatesOpt = Annotated[
     int,
     typer.Option(
         help="Exact ablations only on the K upstream heads per prompt that direct attribution "
-        "and attribution patching rank highest; the others are labelled inactive. 0: every "
-        "head (the cost grows with the heads, not with K)."
+        "and attribution patching rank highest (and those --candidate-share admits); the "
+        "others are labelled inactive. 0: every head (the cost grows with the heads, not K)."
+    ),
+]
+CandidateShareOpt = Annotated[
+    float,
+    typer.Option(
+        help="Also ablate a head beyond the top K when its attribution-patching estimate "
+        "reaches this share of the least effect the label rule calls active. 0: the top K only."
     ),
 ]
 BackendOpt = Annotated[
@@ -189,6 +196,7 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
         methods: MethodsOpt = "direct,raw,zero_ablation,attribution_patching,path_patching",
         label_rule: LabelRuleOpt = "ablation_share",
         candidates: CandidatesOpt = 16,
+        candidate_share: CandidateShareOpt = 0.5,
         backend: BackendOpt = "local",
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,

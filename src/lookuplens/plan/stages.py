@@ -325,7 +325,8 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
         layout.examples(i) * layout.up_heads(i) for i in range(len(layout.layers))
     ) / max(layout.n_examples, 1)
     k_text = (
-        f"{a.candidates} candidate heads each (pruned from ~{n_up:,.0f} upstream)"
+        f"{a.candidates} candidate heads each (pruned from ~{n_up:,.0f} upstream; "
+        "more where --candidate-share admits them, not counted here)"
         if pruned_any
         else f"~{n_up:,.0f} upstream heads each (no pruning)"
     )
