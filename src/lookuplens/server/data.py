@@ -1,10 +1,12 @@
-"""The run directory held in memory for the dashboard: read once, indexed, queried.
+"""The run directory held for the dashboard: read once, indexed, queried.
 
-`RunData` reads every table with the report's loader (`lookuplens.report.data`), builds
-the neuron and pair tables the overview sorts and filters, and answers the page and API
-queries from memory. Everything here is read-only after construction, so requests can
-share one instance across threads. Ids are integers checked against the tables; no
-query ever names a file.
+`RunData` reads the small tables with the report's loader (`lookuplens.report.data`),
+builds the neuron and pair tables the overview sorts and filters, and answers the page
+and API queries from them. The two large tables, attributions and labels, are never read
+whole: a neuron's mean attributions and labels are read when a page needs them and kept
+in small LRUs (`lookuplens.report.lazy.NeuronTables`, `RunData.by_neuron`). Everything
+else is read-only after construction, so requests can share one instance across threads.
+Ids are integers checked against the tables; no query ever names a file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lookuplens.report.data import (
     primary_scores,
 )
 from lookuplens.report.details import NO_HEAD, Lookup, effect_summary
+from lookuplens.report.lazy import NeuronTables
 from lookuplens.report.overview import e_histogram_section, overview_section
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.records import (
@@ -145,11 +148,7 @@ class RunData:
         hist, _figures = e_histogram_section(t)
         self.histogram_html = str(hist)
         self._examples_by_neuron = self._index_examples()
-        self._labels = t.get("labels")
-        self._label_index: dict[NeuronKey, np.ndarray] = {}
-        if self._labels is not None and not self._labels.empty:
-            for k, idx in self._labels.groupby(["layer", "neuron"], sort=False).indices.items():
-                self._label_index[(int(k[0]), int(k[1]))] = idx
+        self.by_neuron: NeuronTables | None = t.by_neuron
         self._e_pair, self._e_neuron = self._e_maps()
         self.pairs = self._pair_frame()
         self.neurons = self._neuron_frame()
@@ -271,12 +270,9 @@ class RunData:
             z = effects[effects.intervention == "neuron_zero"]
             for (a, b), v in z.groupby(["layer", "neuron"]).delta_logprob.mean().items():
                 eff[(int(a), int(b))] = float(v)
-        att = self.lookup.attributions
         top: dict[NeuronKey, str] = {}
-        for k, heads in att.items():
-            scored = [(v["direct"], h) for h, v in heads.items() if "direct" in v]
-            if scored:
-                _, (hl, h) = max(scored)
+        if self.tables.present("attributions") and self.by_neuron is not None:
+            for k, (hl, h) in self.by_neuron.top_heads().items():
                 top[k] = f"L{hl}H{h}"
         df["mechanism"] = [mech.get(k) for k in keys]
         df["best_e"] = [best.get(k, math.nan) for k in keys]
@@ -474,12 +470,9 @@ class RunData:
 
     def pair_labels(self, layer: int, neuron: int, head_layer: int, head: int) -> dict[int, bool]:
         """example_id -> whether the head is active on it (every labelled prompt)."""
-        idx = self._label_index.get((layer, neuron))
-        if idx is None or self._labels is None:
+        if self.by_neuron is None:
             return {}
-        lab = self._labels.iloc[idx]
-        lab = lab[(lab.head_layer == head_layer) & (lab["head"] == head)]
-        return dict(zip(lab.example_id.astype(int), lab.active.astype(bool), strict=True))
+        return self.by_neuron.pair_labels(layer, neuron, head_layer, head)
 
     def pair_examples(
         self, layer: int, neuron: int, head_layer: int, head: int
