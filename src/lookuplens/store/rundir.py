@@ -39,6 +39,7 @@ from lookuplens.store.schema import (
     STAGES,
     TABLE_SORT,
     TABLE_STAGE,
+    VIEWS_ROW_GROUP_ROWS,
     check_stage,
     conform_columns,
     conform_table,
@@ -275,7 +276,7 @@ class RunDir:
         if keys is not None:
             order = pc.sort_indices(conformed, sort_keys=[(k, "ascending") for k in keys])
             conformed = conformed.take(order)
-            write_parquet(path, conformed, ROW_GROUP_ROWS)
+            write_parquet(path, conformed, _row_group_rows(name))
         else:
             write_parquet(path, conformed)
         logger.debug("wrote %s (%d rows)", path, conformed.num_rows)
@@ -299,7 +300,7 @@ class RunDir:
             for chunk in it:
                 yield conform_table(name, chunk)
 
-        rows = write_parquet_chunks(path, head.schema, conformed(), ROW_GROUP_ROWS)
+        rows = write_parquet_chunks(path, head.schema, conformed(), _row_group_rows(name))
         logger.debug("wrote %s (%d rows, in chunks)", path, rows)
         return path
 
@@ -411,6 +412,10 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+def _row_group_rows(name: str) -> int:
+    return VIEWS_ROW_GROUP_ROWS if name == "views" else ROW_GROUP_ROWS
 
 
 def _json_dict(fields: Mapping[str, object]) -> dict[str, object]:

@@ -23,6 +23,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "TABLE_SORT",
     "TABLE_STAGE",
+    "VIEWS_ROW_GROUP_ROWS",
     "check_stage",
     "conform_columns",
     "conform_table",
@@ -234,14 +235,20 @@ TABLE_SORT: dict[str, tuple[str, ...]] = {
     "attributions": ("layer", "neuron", "example_id", "head_layer", "head", "method"),
     "labels": ("layer", "neuron", "example_id", "head_layer", "head"),
     "attribution_means": ("layer", "neuron", "head_layer", "head", "method"),
+    "views": ("layer", "neuron"),
 }
-"""The large per-neuron tables, written sorted by these columns in row groups of
-`ROW_GROUP_ROWS` rows, so that a read filtered on (layer, neuron) skips the row groups
-whose statistics rule the neuron out. Files written before 2026-12-05 are unsorted and
-still read (a filtered read then scans them whole)."""
+"""The tables read a neuron at a time, written sorted by these columns in row groups of
+`ROW_GROUP_ROWS` rows (`VIEWS_ROW_GROUP_ROWS` for ``views``, whose rows hold whole
+prompts), so that a read filtered on (layer, neuron) skips the row groups whose
+statistics rule the neuron out. Files written before 2026-12-05 are unsorted and still
+read (a filtered read then scans them whole). The sort is stable: ``views`` keeps its
+rows' order within a neuron (the order the prompts are shown in)."""
 
 ROW_GROUP_ROWS = 65_536
 """Rows per Parquet row group of the tables in `TABLE_SORT`."""
+
+VIEWS_ROW_GROUP_ROWS = 1_024
+"""Rows per Parquet row group of ``views`` (each row a prompt's tokens and values)."""
 
 DERIVED_TABLES: frozenset[str] = frozenset({"attribution_means"})
 """Tables computed from other tables for fast reading (``attribution_means`` from
