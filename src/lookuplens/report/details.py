@@ -47,7 +47,8 @@ def _head_key(row: object) -> tuple[int, int]:
 class Lookup:
     """The tables indexed for the sections (built once per report)."""
 
-    examples: dict[int, dict[str, object]]
+    examples: Mapping[int, dict[str, object]]
+    """example_id -> its row of the examples table (built when asked for)."""
     attributions: Mapping[tuple[int, int], HeadMeans]
     """(layer, neuron) -> (head_layer, head) -> method -> mean attribution (read a neuron
     at a time, `RunTables.by_neuron`)."""
@@ -64,11 +65,7 @@ class Lookup:
 
     @classmethod
     def build(cls, t: RunTables) -> Lookup:
-        examples: dict[int, dict[str, object]] = {}
-        ex = t.get("examples")
-        if ex is not None:
-            for r in ex.to_dict("records"):
-                examples[int(r["example_id"])] = r
+        examples = ExampleRows(t.get("examples"))
         by_neuron = t.by_neuron if t.present("attributions") else None
         present = set(by_neuron.methods()) if by_neuron is not None else set()
         att = MeansByNeuron(by_neuron)
@@ -111,6 +108,39 @@ class Lookup:
             for r in at.itertuples(index=False):
                 stats[(int(r.layer), int(r.neuron))] = r._asdict()
         return cls(examples, att, tuple(methods), pairs, head_eff, neuron_eff, expl, scores, stats)
+
+
+class ExampleRows(Mapping[int, dict[str, object]]):
+    """example_id -> its row of the examples table as a record, built when asked for (a
+    run on a large model has tens of thousands of prompts)."""
+
+    def __init__(self, examples: pd.DataFrame | None) -> None:
+        self._examples = examples
+        self._pos: dict[int, int] = {}
+        if examples is not None:
+            ids = examples.example_id.to_numpy()
+            self._pos = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+
+    def __getitem__(self, example_id: int) -> dict[str, object]:
+        i = self._pos[example_id]
+        assert self._examples is not None
+        return self._examples.iloc[i : i + 1].to_dict("records")[0]
+
+    def __contains__(self, example_id: object) -> bool:
+        return example_id in self._pos
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def tokens(self, example_id: int) -> list[int]:
+        """The prompt's token ids (`prompt_tokens` of its record)."""
+        i = self._pos[example_id]
+        assert self._examples is not None
+        toks = self._examples.tokens.iat[i]
+        return [int(x) for x in toks] if toks is not None else []
 
 
 class PairRows(Mapping[tuple[int, int], dict[tuple[int, int], dict[str, object]]]):
