@@ -162,6 +162,7 @@ def test_table_columns_match_conventions() -> None:
         "explanations",
         "scores",
         "views",  # what the report and the dashboard show from the model (report stage)
+        "attribution_means",  # the attributions' means, read instead of them (attribute)
     }
     assert TABLE_COLUMNS["examples"]["tokens"] == pa.list_(pa.int64())
     assert table_schema("scores").field("auroc").nullable

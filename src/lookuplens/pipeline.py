@@ -45,6 +45,7 @@ from lookuplens.run_config import (
 )
 from lookuplens.scan import ScanProgress, count_documents, scan_corpus
 from lookuplens.store import STAGES, RunDir
+from lookuplens.store.means import attribution_means, top_example_ids
 from lookuplens.summary import mean_kept_ks
 from lookuplens.verify import method_agreement, verify_run
 
@@ -234,6 +235,9 @@ def _stage_attribute(ctx: Context) -> str:
     labels = label_examples(att, examples, cfg)
     pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg, examples)
     ctx.run.write_table("attributions", att)
+    # what the report and the dashboard read of the attributions, so that they never
+    # read them whole (a run on a 7-8B model holds tens of millions of rows)
+    ctx.run.write_table("attribution_means", attribution_means(att, top_example_ids(examples)))
     ctx.run.write_table("labels", labels)
     ctx.run.write_table("pairs", pairs)
     kept = sum(pairs.column("kept").to_pylist())

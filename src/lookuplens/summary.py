@@ -123,14 +123,16 @@ def mismatched_group(stats: object, group: str) -> dict[str, Any] | None:
 def key_numbers(run: RunDir) -> dict[str, object]:
     """Headline figures of a run (counts, mean E against the baseline, mean KS D)."""
     out: dict[str, object] = {}
+    # only the columns needed: on a large model the neurons table has every neuron of the
+    # searched layers and the pairs table every (neuron, upstream head)
     if run.has_table("neurons"):
-        n = run.read_df("neurons")
+        n = run.scan_table("neurons", ["selected", "baseline"]).read_all().to_pandas()
         out["neurons_selected"] = int(n.selected.sum())
         out["neurons_baseline"] = int(n.baseline.sum())
     if run.has_table("examples"):
-        out["examples"] = run.read_table("examples").num_rows
+        out["examples"] = run.table_rows("examples")
     if run.has_table("pairs"):
-        p = run.read_df("pairs")
+        p = run.scan_table("pairs", ["kept", "ks_stat"]).read_all().to_pandas()
         out["pairs"] = len(p)
         out["pairs_kept"] = int(p.kept.sum())
         out["mean_ks_d"] = mean_kept_ks(p)

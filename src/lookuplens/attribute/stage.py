@@ -15,7 +15,7 @@ from lookuplens.attribute.labels import label_reference
 from lookuplens.attribute.methods import Attributor, _Batch, head_means
 from lookuplens.attribute.readout import upstream_layers
 from lookuplens.model import LoadedModel, pad_right
-from lookuplens.store import ShardStore
+from lookuplens.store import TABLE_SORT, ShardStore
 
 __all__ = [
     "AttributionResult",
@@ -158,7 +158,8 @@ def attribute_examples(
 
 
 def concat_attributions(parts: list[pa.Table]) -> pa.Table:
-    """The batches' tables as one `attributions` table, sorted by (method, example, head)."""
+    """The batches' tables as one `attributions` table, sorted as the store writes it
+    (by neuron, example, head and method: `lookuplens.store.TABLE_SORT`)."""
     if not parts:
         return pa.table(
             {
@@ -176,12 +177,6 @@ def concat_attributions(parts: list[pa.Table]) -> pa.Table:
         )
     out = pa.concat_tables(parts)
     order = pa.compute.sort_indices(
-        out,
-        sort_keys=[
-            ("method", "ascending"),
-            ("example_id", "ascending"),
-            ("head_layer", "ascending"),
-            ("head", "ascending"),
-        ],
+        out, sort_keys=[(k, "ascending") for k in TABLE_SORT["attributions"]]
     )
     return out.take(order)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +16,7 @@ from lookuplens.report.compute import ModelViews, check_model_matches
 from lookuplens.report.config import ReportConfig
 from lookuplens.report.data import ReportPlan, RunTables, load_run, plan_report
 from lookuplens.report.details import (
+    ExampleRows,
     Lookup,
     neuron_anchor,
     neuron_section,
@@ -89,7 +90,7 @@ class _TableDecoder:
     tokenizer) when there is one; `covers` says whether a prompt can be shown token by
     token."""
 
-    def __init__(self, strings: dict[int, str], fallback: TokenText | None) -> None:
+    def __init__(self, strings: Mapping[int, str], fallback: TokenText | None) -> None:
         self._strings = strings
         self._fallback = fallback
 
@@ -103,8 +104,30 @@ class _TableDecoder:
         return self._fallback(token_id) if self._fallback is not None else f"<{int(token_id)}>"
 
 
-def _example_tokens(lookup: Lookup) -> dict[int, list[int]]:
-    return {i: prompt_tokens(ex) for i, ex in lookup.examples.items()}
+class _ExampleTokens(Mapping[int, list[int]]):
+    """example_id -> its token ids, read from the examples table when asked for."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._examples = lookup.examples
+
+    def __getitem__(self, example_id: int) -> list[int]:
+        ex = self._examples
+        if isinstance(ex, ExampleRows):
+            return ex.tokens(example_id)
+        return prompt_tokens(ex[example_id])
+
+    def __contains__(self, example_id: object) -> bool:
+        return example_id in self._examples
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._examples)
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+
+def _example_tokens(lookup: Lookup) -> Mapping[int, list[int]]:
+    return _ExampleTokens(lookup)
 
 
 def report_views(
@@ -112,7 +135,7 @@ def report_views(
     lm: LoadedModel | None,
     t: RunTables,
     scope: ViewScope,
-    tokens: dict[int, list[int]],
+    tokens: Mapping[int, Sequence[int]],
     cfg: ReportConfig,
 ) -> tuple[StoredViews | None, ViewScope]:
     """What the report shows from the model: read from the run's views table; with `lm`,

@@ -1,9 +1,10 @@
 """The run directory's tables as the report reads them, and what the report shows.
 
 `load_run` reads every table that exists (a missing table is not an error: the report
-shows what exists and says which stages are missing); the attributions, the largest
-table, are reduced to per (neuron, head, method) means with pyarrow before pandas sees
-them. `plan_report` picks the neurons, pairs and prompts the report shows.
+shows what exists and says which stages are missing), except the two large ones,
+attributions and labels, which it opens for reading a neuron at a time
+(`lookuplens.report.lazy.NeuronTables`). `plan_report` picks the neurons, pairs and
+prompts the report shows.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from lookuplens.errors import RunDirError
 from lookuplens.report.config import ReportConfig
-from lookuplens.store import STAGE_TABLES, STAGES, RunDir
+from lookuplens.report.lazy import NeuronTables
+from lookuplens.store import DERIVED_TABLES, STAGE_TABLES, STAGES, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,11 @@ REPORT_TABLES: tuple[str, ...] = (
     "scores",
     "findings",
 )
-"""The tables the report reads (``firings`` is summarised by ``examples``)."""
+"""The tables the report reads (``firings`` is summarised by ``examples``; attributions and
+labels are read a neuron at a time, see `RunTables.by_neuron`)."""
+
+LAZY_TABLES: tuple[str, ...] = ("attributions", "labels")
+"""The tables `load_run` never reads whole."""
 
 METHOD_ORDER: tuple[str, ...] = (
     "direct",
@@ -72,21 +76,24 @@ class RunTables:
     meta: dict[str, object]
     """run.json's content."""
     tables: dict[str, pd.DataFrame]
-    """Each table that exists and could be read (attributions excluded, see below)."""
-    attribution_means: pd.DataFrame | None
-    """Mean attribution per layer, neuron, head_layer, head, method (columns ``mean``
-    and ``n``), or None without an attributions table."""
+    """Each table that exists and could be read (attributions and labels excluded, see
+    below)."""
+    by_neuron: NeuronTables | None = None
+    """The attributions (as means) and labels, read a neuron at a time."""
     problems: dict[str, str] = field(default_factory=dict)
     """Tables that exist but could not be read, with the reason."""
 
     def get(self, name: str) -> pd.DataFrame | None:
-        """Table `name`, or None when it is missing or unreadable."""
+        """Table `name`, or None when it is missing or unreadable (always None for the
+        attributions and labels: see `by_neuron`)."""
         return self.tables.get(name)
 
     def present(self, name: str) -> bool:
-        """Whether table `name` was read (for attributions: their means)."""
+        """Whether table `name` was read (attributions, labels: whether they can be)."""
         if name == "attributions":
-            return self.attribution_means is not None
+            return self.by_neuron is not None and self.by_neuron.has_attributions
+        if name == "labels":
+            return self.by_neuron is not None and self.by_neuron.has_labels
         return name in self.tables
 
     def missing_stages(self) -> list[str]:
@@ -95,7 +102,7 @@ class RunTables:
         for stage in STAGES:
             if stage == "report":
                 continue
-            tables = [t for t in STAGE_TABLES[stage] if "." not in t]
+            tables = [t for t in STAGE_TABLES[stage] if "." not in t and t not in DERIVED_TABLES]
             if stage == "scan":
                 tables = ["activation_stats"]  # firings are not read by the report
             # run directories from before the mismatched-explanation control lack it
@@ -105,32 +112,14 @@ class RunTables:
         return out
 
 
-def _attribution_means(table: pa.Table, examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Mean of each method per (neuron, head), over the neuron's top prompts only when the
-    examples table marks contrast prompts (what drives the neuron when it fires, as
-    `pairs.mean_direct`)."""
-    keys = ["layer", "neuron", "head_layer", "head", "method"]
-    if examples is not None and "kind" in examples.columns:
-        top = pa.array(examples.example_id[examples.kind == "top"].to_numpy())
-        table = table.filter(pc.is_in(table.column("example_id"), value_set=top))
-    agg = (
-        table.select([*keys, "value"])
-        .group_by(keys)
-        .aggregate([("value", "mean"), ("value", "count")])
-    )
-    df = agg.to_pandas().rename(columns={"value_mean": "mean", "value_count": "n"})
-    return df[[*keys, "mean", "n"]]
-
-
 def load_run(run: RunDir) -> RunTables:
     """Read every table the report uses that exists in `run` (missing ones are skipped;
-    unreadable ones are recorded in `RunTables.problems` and logged)."""
+    unreadable ones are recorded in `RunTables.problems` and logged); the attributions
+    and labels are only opened (`RunTables.by_neuron`)."""
     tables: dict[str, pd.DataFrame] = {}
     problems: dict[str, str] = {}
-    means: pd.DataFrame | None = None
-    attributions: pa.Table | None = None
     for name in REPORT_TABLES:
-        if not run.has_table(name):
+        if name in LAZY_TABLES or not run.has_table(name):
             continue
         try:
             table = run.read_table(name)
@@ -138,13 +127,10 @@ def load_run(run: RunDir) -> RunTables:
             log.warning("report: skipping table %s: %s", name, e)
             problems[name] = str(e)
             continue
-        if name == "attributions":
-            attributions = table
-        else:
-            tables[name] = table.to_pandas()
-    if attributions is not None:
-        means = _attribution_means(attributions, tables.get("examples"))
-    return RunTables(run.path, run.meta, tables, means, problems)
+        tables[name] = table.to_pandas()
+    by_neuron = NeuronTables(run, tables.get("examples"))
+    problems.update(by_neuron.problems)
+    return RunTables(run.path, run.meta, tables, by_neuron, problems)
 
 
 # ------------------------------------------------------------------------ the plan
@@ -287,19 +273,15 @@ def _interleave(active: list[int], inactive: list[int], cap: int) -> list[int]:
 _PAIR_COLS = ["layer", "neuron", "head_layer", "head"]
 
 
-def _labels_by_pair(
-    labels: pd.DataFrame | None, pairs: pd.DataFrame
-) -> dict[PairKey, dict[int, bool]]:
-    """example_id -> active, for each of `pairs` (labels of other pairs are never grouped)."""
-    if labels is None or labels.empty or pairs.empty:
+def _labels_by_pair(t: RunTables, pairs: pd.DataFrame) -> dict[PairKey, dict[int, bool]]:
+    """example_id -> active, for each of `pairs` (read a neuron at a time)."""
+    if t.by_neuron is None or pairs.empty:
         return {}
     keys = pairs[_PAIR_COLS].astype("int64").drop_duplicates()
-    lab = labels[[*_PAIR_COLS, "example_id", "active"]].merge(keys, on=_PAIR_COLS)
-    out: dict[PairKey, dict[int, bool]] = {}
-    for k, g in lab.groupby(_PAIR_COLS, sort=False):
-        key = (int(k[0]), int(k[1]), int(k[2]), int(k[3]))
-        out[key] = dict(zip(g.example_id.astype(int), g.active.astype(bool), strict=True))
-    return out
+    return t.by_neuron.labels_of_pairs(
+        (int(a), int(b), int(c), int(d))
+        for a, b, c, d in zip(keys.layer, keys.neuron, keys.head_layer, keys["head"], strict=True)
+    )
 
 
 def display_order(examples: pd.DataFrame) -> pd.DataFrame:
@@ -368,7 +350,7 @@ def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
             kind="stable",
         )
         shown = kept.head(cfg.max_pairs)
-        lab_by_pair = _labels_by_pair(t.get("labels"), shown)
+        lab_by_pair = _labels_by_pair(t, shown)
         for row in shown.itertuples(index=False):
             pkey: PairKey = (int(row.layer), int(row.neuron), int(row.head_layer), int(row.head))
             g = by_neuron.get((pkey[0], pkey[1]))

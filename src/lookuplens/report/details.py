@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ from lookuplens.report.data import (
     finite,
     is_missing,
 )
+from lookuplens.report.lazy import HeadMeans, MeansByNeuron
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import TokenText, shaded_tokens, token_label, token_pill
 
@@ -46,13 +47,16 @@ def _head_key(row: object) -> tuple[int, int]:
 class Lookup:
     """The tables indexed for the sections (built once per report)."""
 
-    examples: dict[int, dict[str, object]]
-    attributions: dict[tuple[int, int], dict[tuple[int, int], dict[str, float]]]
-    """(layer, neuron) -> (head_layer, head) -> method -> mean attribution."""
+    examples: Mapping[int, dict[str, object]]
+    """example_id -> its row of the examples table (built when asked for)."""
+    attributions: Mapping[tuple[int, int], HeadMeans]
+    """(layer, neuron) -> (head_layer, head) -> method -> mean attribution (read a neuron
+    at a time, `RunTables.by_neuron`)."""
     methods: tuple[str, ...]
     """The attribution methods present, in report order."""
-    pairs: dict[tuple[int, int], dict[tuple[int, int], dict[str, object]]]
-    """(layer, neuron) -> (head_layer, head) -> its row of the pairs table."""
+    pairs: Mapping[tuple[int, int], dict[tuple[int, int], dict[str, object]]]
+    """(layer, neuron) -> (head_layer, head) -> its row of the pairs table (built a
+    neuron at a time)."""
     head_effects: dict[tuple[int, int, int, int], dict[int, float]]
     neuron_effects: dict[tuple[int, int], pd.DataFrame]
     explanations: dict[tuple[int, int, int, int], list[dict[str, object]]]
@@ -61,29 +65,13 @@ class Lookup:
 
     @classmethod
     def build(cls, t: RunTables) -> Lookup:
-        examples: dict[int, dict[str, object]] = {}
-        ex = t.get("examples")
-        if ex is not None:
-            for r in ex.to_dict("records"):
-                examples[int(r["example_id"])] = r
-        att: dict[tuple[int, int], dict[tuple[int, int], dict[str, float]]] = {}
-        present: set[str] = set()
-        am = t.attribution_means
-        if am is not None:
-            for r in zip(
-                am.layer, am.neuron, am.head_layer, am["head"], am.method, am["mean"], strict=True
-            ):
-                heads = att.setdefault((int(r[0]), int(r[1])), {})
-                heads.setdefault((int(r[2]), int(r[3])), {})[str(r[4])] = float(r[5])
-                present.add(str(r[4]))
+        examples = ExampleRows(t.get("examples"))
+        by_neuron = t.by_neuron if t.present("attributions") else None
+        present = set(by_neuron.methods()) if by_neuron is not None else set()
+        att = MeansByNeuron(by_neuron)
         methods = [m for m in METHOD_ORDER if m in present]
         methods += sorted(present - set(methods))
-        pairs: dict[tuple[int, int], dict[tuple[int, int], dict[str, object]]] = {}
-        pt = t.get("pairs")
-        if pt is not None:
-            for rec in pt.to_dict("records"):
-                nk = (int(rec["layer"]), int(rec["neuron"]))
-                pairs.setdefault(nk, {})[(int(rec["head_layer"]), int(rec["head"]))] = rec
+        pairs = PairRows(t.get("pairs"))
         head_eff: dict[tuple[int, int, int, int], dict[int, float]] = {}
         neuron_eff: dict[tuple[int, int], pd.DataFrame] = {}
         eff = t.get("effects")
@@ -120,6 +108,66 @@ class Lookup:
             for r in at.itertuples(index=False):
                 stats[(int(r.layer), int(r.neuron))] = r._asdict()
         return cls(examples, att, tuple(methods), pairs, head_eff, neuron_eff, expl, scores, stats)
+
+
+class ExampleRows(Mapping[int, dict[str, object]]):
+    """example_id -> its row of the examples table as a record, built when asked for (a
+    run on a large model has tens of thousands of prompts)."""
+
+    def __init__(self, examples: pd.DataFrame | None) -> None:
+        self._examples = examples
+        self._pos: dict[int, int] = {}
+        if examples is not None:
+            ids = examples.example_id.to_numpy()
+            self._pos = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+
+    def __getitem__(self, example_id: int) -> dict[str, object]:
+        i = self._pos[example_id]
+        assert self._examples is not None
+        return self._examples.iloc[i : i + 1].to_dict("records")[0]
+
+    def __contains__(self, example_id: object) -> bool:
+        return example_id in self._pos
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def tokens(self, example_id: int) -> list[int]:
+        """The prompt's token ids (`prompt_tokens` of its record)."""
+        i = self._pos[example_id]
+        assert self._examples is not None
+        toks = self._examples.tokens.iat[i]
+        return [int(x) for x in toks] if toks is not None else []
+
+
+class PairRows(Mapping[tuple[int, int], dict[tuple[int, int], dict[str, object]]]):
+    """(layer, neuron) -> (head_layer, head) -> its row of the pairs table: a neuron's rows
+    become records when first asked for (a run on a large model has hundreds of
+    thousands of pairs, most never shown)."""
+
+    def __init__(self, pairs: pd.DataFrame | None) -> None:
+        self._pairs = pairs
+        self._index: dict[tuple[int, int], np.ndarray] = {}
+        if pairs is not None and not pairs.empty:
+            for k, idx in pairs.groupby(["layer", "neuron"], sort=False).indices.items():
+                self._index[(int(k[0]), int(k[1]))] = idx
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[tuple[int, int], dict[str, object]]:
+        idx = self._index[key]
+        assert self._pairs is not None
+        out: dict[tuple[int, int], dict[str, object]] = {}
+        for rec in self._pairs.iloc[idx].to_dict("records"):
+            out[(int(rec["head_layer"]), int(rec["head"]))] = rec
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 # ------------------------------------------------------------------------- pieces

@@ -19,7 +19,7 @@ from lookuplens.report.data import (
 )
 from lookuplens.report.markup import Html, esc, generic, kv, note, numbers, table
 from lookuplens.report.svg import Series, histogram_svg
-from lookuplens.store import STAGE_TABLES, STAGES
+from lookuplens.store import DERIVED_TABLES, STAGE_TABLES, STAGES
 from lookuplens.summary import mean_kept_ks, mismatched_group
 
 __all__ = ["Figure", "e_histogram_section", "overview_section"]
@@ -96,7 +96,7 @@ def _stages(t: RunTables) -> Html:
         if stage == "report":
             continue
         info = _dict(stages.get(stage))
-        tables = [x for x in STAGE_TABLES[stage] if "." not in x]
+        tables = [x for x in STAGE_TABLES[stage] if "." not in x and x not in DERIVED_TABLES]
         marks = []
         for name in tables:
             if name in REPORT_TABLES:

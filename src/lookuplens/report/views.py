@@ -18,8 +18,8 @@ the table back; a row whose tokens no longer match the examples table counts as 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import ChainMap, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -265,48 +265,146 @@ def build_views(
 # ------------------------------------------------------------------------ reading it
 
 
+class _ListColumn:
+    """A list column as one flat numpy array and its offsets (no Python objects)."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if len(arr):
+            arr = pa.ListArray.from_arrays(arr.offsets, arr.flatten())  # drop any slicing
+        self.offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        self.flat = arr.flatten()
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets) if len(self.offsets) else np.zeros(0, np.int64)
+
+    def numpy(self, dtype: type) -> np.ndarray:
+        return np.asarray(self.flat.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+R = TypeVar("R")
+
+
+class _Rows(Mapping[K, R]):
+    """key -> a value built from one row of the views table when asked for."""
+
+    def __init__(self, index: dict[K, int], build: Callable[[K, int], R]) -> None:
+        self._index = index
+        self._build = build
+
+    def __getitem__(self, key: K) -> R:
+        return self._build(key, self._index[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _Strings(Mapping[int, str]):
+    """token id -> its text, from the last row of the views table that holds it."""
+
+    def __init__(self, ids: np.ndarray, texts: pa.Array) -> None:
+        rev = ids[::-1]
+        uniq, first = np.unique(rev, return_index=True)
+        self._ids = uniq
+        self._pos = (len(ids) - 1 - first).astype(np.int64)
+        self._texts = texts
+
+    def _find(self, key: object) -> int:
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            return -1
+        i = int(np.searchsorted(self._ids, key))
+        return i if i < len(self._ids) and self._ids[i] == key else -1
+
+    def __getitem__(self, key: int) -> str:
+        i = self._find(key)
+        if i < 0:
+            raise KeyError(key)
+        return str(self._texts[int(self._pos[i])].as_py())
+
+    def __contains__(self, key: object) -> bool:
+        return self._find(key) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(int(i) for i in self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 @dataclass(frozen=True)
 class StoredViews:
-    """The ``views`` table indexed for the report and the dashboard."""
+    """The ``views`` table indexed for the report and the dashboard. The rows stay in
+    Arrow arrays; each mapping builds a row's Python values when it is asked for (a run
+    on a large model stores tens of thousands of prompts)."""
 
-    activations: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]]
+    activations: Mapping[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]]
     """(layer, neuron, example_id) -> (token ids, activation at each token)."""
-    attention: dict[tuple[int, int, int, int, int], tuple[tuple[int, ...], np.ndarray]]
+    attention: Mapping[tuple[int, int, int, int, int], tuple[tuple[int, ...], np.ndarray]]
     """(layer, neuron, head_layer, head, example_id) -> (token ids, attention from the last
     token to each token)."""
-    vocab: dict[NeuronKey, VocabTokens]
+    vocab: Mapping[NeuronKey, VocabTokens]
     """(layer, neuron) -> its promoted and suppressed tokens."""
-    strings: dict[int, str]
+    strings: Mapping[int, str]
     """token id -> its text, for every token the table holds."""
 
     @classmethod
     def from_table(cls, table: pa.Table) -> StoredViews:
-        cols = {name: table.column(name).to_pylist() for name in table_schema("views").names}
-        acts: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]] = {}
-        attn: dict[tuple[int, int, int, int, int], tuple[tuple[int, ...], np.ndarray]] = {}
-        promoted: dict[NeuronKey, tuple[tuple[int, float], ...]] = {}
-        suppressed: dict[NeuronKey, tuple[tuple[int, float], ...]] = {}
-        strings: dict[int, str] = {}
-        for kind, layer, neuron, hl, h, ex, ids, toks, values in zip(
-            *(cols[c] for c in table_schema("views").names), strict=True
-        ):
-            row = tuple(int(i) for i in ids or ())
-            vals = np.asarray(values or (), dtype=np.float64)
-            if len(row) != len(vals) or len(row) != len(toks or ()):
-                continue  # a malformed row: treated as missing
-            strings.update(zip(row, toks, strict=True))
-            if kind == "activation" and ex is not None:
-                acts[(layer, neuron, ex)] = (row, vals)
-            elif kind == "attention" and ex is not None and hl is not None and h is not None:
-                attn[(layer, neuron, hl, h, ex)] = (row, vals)
+        ids_col = _ListColumn(table.column("token_ids"))
+        tok_col = _ListColumn(table.column("tokens"))
+        val_col = _ListColumn(table.column("values"))
+        n_ids, n_tok, n_val = ids_col.lengths(), tok_col.lengths(), val_col.lengths()
+        ok = (n_ids == n_val) & (n_ids == n_tok)  # a malformed row is treated as missing
+        flat_ids = ids_col.numpy(np.int64)
+        flat_vals = val_col.numpy(np.float64)
+        off = ids_col.offsets
+        voff = val_col.offsets
+
+        def row(_key: object, i: int) -> tuple[tuple[int, ...], np.ndarray]:
+            ids = tuple(flat_ids[off[i] : off[i + 1]].tolist())
+            return ids, flat_vals[voff[i] : voff[i + 1]]
+
+        def pairs(i: int) -> tuple[tuple[int, float], ...]:
+            ids, vals = row(None, i)
+            return tuple(zip(ids, vals.tolist(), strict=True))
+
+        def vocab(key: NeuronKey, i: int) -> VocabTokens:
+            return VocabTokens(pairs(i), pairs(suppressed[key]))
+
+        acts: dict[tuple[int, int, int], int] = {}
+        attn: dict[tuple[int, int, int, int, int], int] = {}
+        promoted: dict[NeuronKey, int] = {}
+        suppressed: dict[NeuronKey, int] = {}
+        cols = [table.column(c).to_pylist() for c in ("kind", "layer", "neuron", "head_layer")]
+        head, ex = table.column("head").to_pylist(), table.column("example_id").to_pylist()
+        good = ok.tolist()
+        for i, (kind, layer, neuron, hl) in enumerate(zip(*cols, strict=True)):
+            if not good[i]:
+                continue
+            h, e = head[i], ex[i]
+            if kind == "activation" and e is not None:
+                acts[(layer, neuron, e)] = i
+            elif kind == "attention" and e is not None and hl is not None and h is not None:
+                attn[(layer, neuron, hl, h, e)] = i
             elif kind == "promoted":
-                promoted[(layer, neuron)] = tuple(zip(row, vals.tolist(), strict=True))
+                promoted[(layer, neuron)] = i
             elif kind == "suppressed":
-                suppressed[(layer, neuron)] = tuple(zip(row, vals.tolist(), strict=True))
-        vocab = {
-            k: VocabTokens(promoted[k], suppressed.get(k, ())) for k in promoted if k in suppressed
-        }
-        return cls(acts, attn, vocab, strings)
+                suppressed[(layer, neuron)] = i
+        # token text: only from well-formed rows
+        keep = np.repeat(ok, n_ids)
+        texts = tok_col.flat.filter(pa.array(np.repeat(ok, n_tok)))
+        vocab_index = {k: i for k, i in promoted.items() if k in suppressed}
+        return cls(
+            _Rows(acts, row),
+            _Rows(attn, row),
+            _Rows(vocab_index, vocab),
+            _Strings(flat_ids[keep], texts),
+        )
 
     @classmethod
     def read(cls, run: RunDir) -> StoredViews | None:
@@ -323,10 +421,10 @@ class StoredViews:
     def merged(self, other: StoredViews) -> StoredViews:
         """This table's rows with `other`'s added (other's win)."""
         return StoredViews(
-            {**self.activations, **other.activations},
-            {**self.attention, **other.attention},
-            {**self.vocab, **other.vocab},
-            {**self.strings, **other.strings},
+            ChainMap(dict(other.activations), self.activations),  # type: ignore[arg-type]
+            ChainMap(dict(other.attention), self.attention),  # type: ignore[arg-type]
+            ChainMap(dict(other.vocab), self.vocab),  # type: ignore[arg-type]
+            ChainMap(dict(other.strings), self.strings),  # type: ignore[arg-type]
         )
 
     def activation(self, key: NeuronKey, example: int, ids: Sequence[int]) -> np.ndarray | None:

@@ -1,10 +1,12 @@
-"""The run directory held in memory for the dashboard: read once, indexed, queried.
+"""The run directory held for the dashboard: read once, indexed, queried.
 
-`RunData` reads every table with the report's loader (`lookuplens.report.data`), builds
-the neuron and pair tables the overview sorts and filters, and answers the page and API
-queries from memory. Everything here is read-only after construction, so requests can
-share one instance across threads. Ids are integers checked against the tables; no
-query ever names a file.
+`RunData` reads the small tables with the report's loader (`lookuplens.report.data`),
+builds the neuron and pair tables the overview sorts and filters, and answers the page
+and API queries from them. The two large tables, attributions and labels, are never read
+whole: a neuron's mean attributions and labels are read when a page needs them and kept
+in small LRUs (`lookuplens.report.lazy.NeuronTables`, `RunData.by_neuron`). Everything
+else is read-only after construction, so requests can share one instance across threads.
+Ids are integers checked against the tables; no query ever names a file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -31,6 +33,7 @@ from lookuplens.report.data import (
     primary_scores,
 )
 from lookuplens.report.details import NO_HEAD, Lookup, effect_summary
+from lookuplens.report.lazy import NeuronTables
 from lookuplens.report.overview import e_histogram_section, overview_section
 from lookuplens.server.config import ServeConfig
 from lookuplens.server.records import (
@@ -145,23 +148,22 @@ class RunData:
         hist, _figures = e_histogram_section(t)
         self.histogram_html = str(hist)
         self._examples_by_neuron = self._index_examples()
-        self._labels = t.get("labels")
-        self._label_index: dict[NeuronKey, np.ndarray] = {}
-        if self._labels is not None and not self._labels.empty:
-            for k, idx in self._labels.groupby(["layer", "neuron"], sort=False).indices.items():
-                self._label_index[(int(k[0]), int(k[1]))] = idx
+        self.by_neuron: NeuronTables | None = t.by_neuron
         self._e_pair, self._e_neuron = self._e_maps()
         self.pairs = self._pair_frame()
         self.neurons = self._neuron_frame()
-        self._neuron_keys = set(zip(self.neurons.layer, self.neurons.neuron, strict=True))
-        self._pair_keys = set(
-            zip(
-                self.pairs.layer,
-                self.pairs.neuron,
-                self.pairs.head_layer,
-                self.pairs["head"],
-                strict=True,
-            )
+        # membership by hash index, not sets of tuples: a large model's run has every
+        # neuron of the searched layers (~460k on an 8B model) and ~200k pairs
+        self._neuron_keys = pd.MultiIndex.from_arrays(
+            [self.neurons.layer.astype("int64"), self.neurons.neuron.astype("int64")]
+        )
+        self._pair_keys = pd.MultiIndex.from_arrays(
+            [
+                self.pairs.layer.astype("int64"),
+                self.pairs.neuron.astype("int64"),
+                self.pairs.head_layer.astype("int64"),
+                self.pairs["head"].astype("int64"),
+            ]
         )
         log.info(
             "dashboard: %d neurons, %d pairs, %d prompts in memory",
@@ -249,51 +251,55 @@ class RunData:
         df = n.copy()
         df["name"] = "L" + df.layer.astype(str) + "N" + df.neuron.astype(str)
         df["group"] = np.where(df.selected, "selected", np.where(df.baseline, "baseline", "other"))
-        keys = list(zip(df.layer.astype(int), df.neuron.astype(int), strict=True))
+        layers, neurons = df.layer.astype(int).tolist(), df.neuron.astype(int).tolist()
+
+        def keys() -> Iterator[NeuronKey]:  # not held: ~460k neurons on an 8B model
+            return zip(layers, neurons, strict=True)
+
         p = self.pairs
         mech: dict[NeuronKey, str] = {}
         kept: dict[NeuronKey, int] = {}
         best: dict[NeuronKey, float] = {}
         if not p.empty:
-            for r in p.itertuples(index=False):
-                k = (int(r.layer), int(r.neuron))
-                if k not in mech and isinstance(r.mechanism, str) and r.mechanism:
-                    mech[k] = r.mechanism
-                if bool(r.kept):
-                    kept[k] = kept.get(k, 0) + 1
-                if r.e == r.e:  # not NaN
-                    best[k] = max(best.get(k, -math.inf), float(r.e))
-        for k, e in self._e_neuron.items():
-            best[k] = max(best.get(k, -math.inf), e)
+            by = [p.layer.astype(int), p.neuron.astype(int)]
+            named = p.mechanism.map(lambda m: isinstance(m, str) and bool(m)).astype(bool)
+            for (a, b), m in p.mechanism[named].groupby([x[named] for x in by]).first().items():
+                mech[(int(a), int(b))] = str(m)
+            is_kept = p.kept.astype(bool)
+            for (a, b), c in is_kept[is_kept].groupby([x[is_kept] for x in by]).size().items():
+                kept[(int(a), int(b))] = int(c)
+            e = pd.to_numeric(p.e, errors="coerce")
+            has_e = e.notna()
+            for (a, b), v in e[has_e].groupby([x[has_e] for x in by]).max().items():
+                best[(int(a), int(b))] = float(v)
+        for k, e_n in self._e_neuron.items():
+            best[k] = max(best.get(k, -math.inf), e_n)
         eff: dict[NeuronKey, float] = {}
         effects = self.tables.get("effects")
         if effects is not None and not effects.empty:
             z = effects[effects.intervention == "neuron_zero"]
             for (a, b), v in z.groupby(["layer", "neuron"]).delta_logprob.mean().items():
                 eff[(int(a), int(b))] = float(v)
-        att = self.lookup.attributions
         top: dict[NeuronKey, str] = {}
-        for k, heads in att.items():
-            scored = [(v["direct"], h) for h, v in heads.items() if "direct" in v]
-            if scored:
-                _, (hl, h) = max(scored)
+        if self.tables.present("attributions") and self.by_neuron is not None:
+            for k, (hl, h) in self.by_neuron.top_heads().items():
                 top[k] = f"L{hl}H{h}"
-        df["mechanism"] = [mech.get(k) for k in keys]
-        df["best_e"] = [best.get(k, math.nan) for k in keys]
-        df["neuron_e"] = [self._e_neuron.get(k, math.nan) for k in keys]
-        df["effect"] = [eff.get(k, math.nan) for k in keys]
-        df["n_examples"] = [len(self._examples_by_neuron.get(k, ())) for k in keys]
-        df["n_kept"] = [kept.get(k, 0) for k in keys]
-        df["top_head"] = [top.get(k) for k in keys]
+        df["mechanism"] = [mech.get(k) for k in keys()]
+        df["best_e"] = [best.get(k, math.nan) for k in keys()]
+        df["neuron_e"] = [self._e_neuron.get(k, math.nan) for k in keys()]
+        df["effect"] = [eff.get(k, math.nan) for k in keys()]
+        df["n_examples"] = [len(self._examples_by_neuron.get(k, ())) for k in keys()]
+        df["n_kept"] = [kept.get(k, 0) for k in keys()]
+        df["top_head"] = [top.get(k) for k in keys()]
         return df[_NEURON_COLUMNS].reset_index(drop=True)
 
     # ------------------------------------------------------------------ queries
 
     def has_neuron(self, layer: int, neuron: int) -> bool:
-        return (layer, neuron) in self._neuron_keys
+        return bool((layer, neuron) in self._neuron_keys)
 
     def has_pair(self, layer: int, neuron: int, head_layer: int, head: int) -> bool:
-        return (layer, neuron, head_layer, head) in self._pair_keys
+        return bool((layer, neuron, head_layer, head) in self._pair_keys)
 
     def require_neuron(self, layer: int, neuron: int) -> None:
         if not self.has_neuron(layer, neuron):
@@ -474,12 +480,9 @@ class RunData:
 
     def pair_labels(self, layer: int, neuron: int, head_layer: int, head: int) -> dict[int, bool]:
         """example_id -> whether the head is active on it (every labelled prompt)."""
-        idx = self._label_index.get((layer, neuron))
-        if idx is None or self._labels is None:
+        if self.by_neuron is None:
             return {}
-        lab = self._labels.iloc[idx]
-        lab = lab[(lab.head_layer == head_layer) & (lab["head"] == head)]
-        return dict(zip(lab.example_id.astype(int), lab.active.astype(bool), strict=True))
+        return self.by_neuron.pair_labels(layer, neuron, head_layer, head)
 
     def pair_examples(
         self, layer: int, neuron: int, head_layer: int, head: int

@@ -21,7 +21,8 @@ depth) from everything that goes into run.json. Name non-secret settings accordi
 
 The package's modules: `schema` (tables, columns, stages), `jsondata` (run.json data,
 redaction, canonical JSON), `atomic` (atomic writes), `rundir` (`RunDir`), `shards`
-(`ShardStore`). Import the names from ``lookuplens.store``.
+(`ShardStore`), `means` (the ``attribution_means`` table, written or streamed). Import
+the names from ``lookuplens.store``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from lookuplens.store.jsondata import canonical_json, config_sha256, redact, to_
 from lookuplens.store.rundir import RunDir
 from lookuplens.store.schema import (
     COLUMN_DOCS,
+    DERIVED_TABLES,
     FORMAT_VERSION,
     NULLABLE_COLUMNS,
+    ROW_GROUP_ROWS,
     STAGE_TABLES,
     STAGES,
     TABLE_COLUMNS,
+    TABLE_SORT,
+    conform_columns,
     conform_table,
     table_schema,
 )
@@ -43,15 +48,19 @@ from lookuplens.store.shards import ShardStore
 
 __all__ = [
     "COLUMN_DOCS",
+    "DERIVED_TABLES",
     "FORMAT_VERSION",
     "NULLABLE_COLUMNS",
+    "ROW_GROUP_ROWS",
     "STAGES",
     "STAGE_TABLES",
     "TABLE_COLUMNS",
+    "TABLE_SORT",
     "RunDir",
     "ShardStore",
     "atomic_write_bytes",
     "canonical_json",
+    "conform_columns",
     "conform_table",
     "config_sha256",
     "redact",

@@ -8,17 +8,23 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lookuplens.errors import RunDirError, TableSchemaError, UserError
-from lookuplens.store.atomic import atomic_write_bytes, clean_tmp, write_parquet
+from lookuplens.store.atomic import (
+    atomic_write_bytes,
+    clean_tmp,
+    write_parquet,
+    write_parquet_chunks,
+)
 from lookuplens.store.jsondata import (
     canonical_json,
     config_diff,
@@ -28,12 +34,17 @@ from lookuplens.store.jsondata import (
 )
 from lookuplens.store.schema import (
     FORMAT_VERSION,
+    ROW_GROUP_ROWS,
     STAGE_TABLES,
     STAGES,
+    TABLE_SORT,
     TABLE_STAGE,
+    VIEWS_ROW_GROUP_ROWS,
     check_stage,
+    conform_columns,
     conform_table,
     required_columns,
+    table_schema,
 )
 from lookuplens.store.shards import ShardStore
 
@@ -256,12 +267,51 @@ class RunDir:
 
     def write_table(self, name: str, table: pa.Table | pd.DataFrame) -> Path:
         """Validate (see :func:`conform_table`) and atomically write table ``name`` as
-        zstd parquet, replacing any previous version. A DataFrame's index is not stored."""
+        zstd parquet, replacing any previous version. A DataFrame's index is not stored.
+        The tables of `TABLE_SORT` are sorted by their keys and written in row groups of
+        `ROW_GROUP_ROWS` rows (see :meth:`read_neuron`)."""
         conformed = conform_table(name, table)
         path = self.table_path(name)
-        write_parquet(path, conformed)
+        keys = TABLE_SORT.get(name)
+        if keys is not None:
+            order = pc.sort_indices(conformed, sort_keys=[(k, "ascending") for k in keys])
+            conformed = conformed.take(order)
+            write_parquet(path, conformed, _row_group_rows(name))
+        else:
+            write_parquet(path, conformed)
         logger.debug("wrote %s (%d rows)", path, conformed.num_rows)
         return path
+
+    def write_table_chunks(self, name: str, chunks: Iterable[pa.Table | pd.DataFrame]) -> Path:
+        """Write table ``name`` from `chunks`, one at a time (a table too large to hold
+        whole): each is conformed as by :meth:`write_table` and must have the first one's
+        columns. For a table of `TABLE_SORT` the chunks must come in its sort order (this
+        is not checked); they are written in row groups of `ROW_GROUP_ROWS` rows."""
+        path = self.table_path(name)
+        it = iter(chunks)
+        first = next(it, None)
+        if first is None:
+            write_parquet(path, table_schema(name).empty_table())
+            return path
+        head = conform_table(name, first)
+
+        def conformed() -> Iterator[pa.Table]:
+            yield head
+            for chunk in it:
+                yield conform_table(name, chunk)
+
+        rows = write_parquet_chunks(path, head.schema, conformed(), _row_group_rows(name))
+        logger.debug("wrote %s (%d rows, in chunks)", path, rows)
+        return path
+
+    def _table_error(self, name: str, e: Exception) -> RunDirError:
+        path = self.table_path(name)
+        stage = TABLE_STAGE.get(name, name)
+        if isinstance(e, TableSchemaError):
+            return TableSchemaError(
+                f"{path}: {e} (rerun the stage with --overwrite {stage} to rewrite it)"
+            )
+        return RunDirError(f"{path} cannot be read ({e}); rerun the stage with --overwrite {stage}")
 
     def read_table(self, name: str) -> pa.Table:
         """Read table ``name`` with its required columns in their canonical types."""
@@ -273,14 +323,70 @@ class RunDir:
             )
         try:
             return conform_table(name, pq.read_table(path))
-        except TableSchemaError as e:
-            raise TableSchemaError(
-                f"{path}: {e} (rerun the stage with --overwrite {stage} to rewrite it)"
-            ) from None
-        except (pa.ArrowException, OSError) as e:
+        except (TableSchemaError, pa.ArrowException, OSError) as e:
+            raise self._table_error(name, e) from None
+
+    def table_info(self, name: str) -> pq.FileMetaData:
+        """The Parquet footer of table ``name`` (rows, row groups, schema), read without
+        its data; raises RunDirError when the table is missing or unreadable and
+        TableSchemaError when it lacks a required column or has one of a wrong type."""
+        if not self.has_table(name):
+            stage = TABLE_STAGE.get(name, name)
             raise RunDirError(
-                f"{path} cannot be read ({e}); rerun the stage with --overwrite {stage}"
-            ) from None
+                f"run directory {self.path} has no {name} table yet; run the {stage!r} stage first"
+            )
+        try:
+            meta = pq.read_metadata(self.table_path(name))
+            conform_columns(name, meta.schema.to_arrow_schema().empty_table(), complete=True)
+        except (TableSchemaError, pa.ArrowException, OSError) as e:
+            raise self._table_error(name, e) from None
+        return meta
+
+    def read_neuron(
+        self, name: str, layer: int, neuron: int, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """The rows of table ``name`` about neuron (layer, neuron), with `columns` (all
+        when None; the required ones among them in their canonical types). A table of
+        `TABLE_SORT` is read from the few row groups that hold the neuron; an unsorted one
+        (written before 2026-12-05) is scanned whole, a row group at a time."""
+        return self.scan_table(
+            name, columns, (pc.field("layer") == layer) & (pc.field("neuron") == neuron)
+        ).read_all()
+
+    def scan_table(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        where: pc.Expression | None = None,
+    ) -> pa.RecordBatchReader:
+        """Table ``name``'s rows that match `where` (a ``pyarrow.compute`` expression;
+        all rows when None), with `columns`, as a stream of record batches: row groups
+        whose statistics rule `where` out are skipped, and only a few batches are held
+        at a time. The required columns come in their canonical types."""
+        import pyarrow.dataset as ds
+
+        self.table_info(name)  # missing, unreadable, or lacking columns: the same errors
+        try:
+            dataset = ds.dataset(self.table_path(name), format="parquet")
+            cols = list(columns) if columns is not None else None
+            reader = dataset.scanner(columns=cols, filter=where, use_threads=False).to_reader()
+        except (pa.ArrowException, OSError) as e:
+            raise self._table_error(name, e) from None
+        schema = conform_columns(name, reader.schema.empty_table()).schema
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    table = conform_columns(name, pa.Table.from_batches([batch]))
+                    yield from table.to_batches()
+            except (TableSchemaError, pa.ArrowException, OSError) as e:
+                raise self._table_error(name, e) from None
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def table_rows(self, name: str) -> int:
+        """How many rows table ``name`` has (from its footer: nothing else is read)."""
+        return int(self.table_info(name).num_rows)
 
     def read_df(self, name: str) -> pd.DataFrame:
         """:meth:`read_table` as a pandas DataFrame (needs pandas)."""
@@ -306,6 +412,10 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+def _row_group_rows(name: str) -> int:
+    return VIEWS_ROW_GROUP_ROWS if name == "views" else ROW_GROUP_ROWS
 
 
 def _json_dict(fields: Mapping[str, object]) -> dict[str, object]:

@@ -17,10 +17,15 @@ __all__ = [
     "FORMAT_VERSION",
     "NULLABLE_COLUMNS",
     "STAGES",
+    "DERIVED_TABLES",
+    "ROW_GROUP_ROWS",
     "STAGE_TABLES",
     "TABLE_COLUMNS",
+    "TABLE_SORT",
     "TABLE_STAGE",
+    "VIEWS_ROW_GROUP_ROWS",
     "check_stage",
+    "conform_columns",
     "conform_table",
     "required_columns",
     "table_schema",
@@ -46,7 +51,7 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "neurons": ("neurons",),
     "scan": ("firings", "activation_stats"),
     "examples": ("examples",),
-    "attribute": ("attributions", "labels", "pairs"),
+    "attribute": ("attributions", "labels", "pairs", "attribution_means"),
     "verify": ("effects", "findings"),
     "explain": ("explanations",),
     "score": ("scores", "score_controls"),
@@ -112,6 +117,15 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "head": _I64,
         "method": _STR,
         "value": _F64,
+    },
+    "attribution_means": {
+        "layer": _I64,
+        "neuron": _I64,
+        "head_layer": _I64,
+        "head": _I64,
+        "method": _STR,
+        "mean": _F64,
+        "n": _I64,
     },
     "labels": {
         "example_id": _I64,
@@ -217,7 +231,41 @@ TABLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
 }
 """Required columns and their types, per table. Tables may carry extra columns."""
 
+TABLE_SORT: dict[str, tuple[str, ...]] = {
+    "attributions": ("layer", "neuron", "example_id", "head_layer", "head", "method"),
+    "labels": ("layer", "neuron", "example_id", "head_layer", "head"),
+    "attribution_means": ("layer", "neuron", "head_layer", "head", "method"),
+    "views": ("layer", "neuron"),
+}
+"""The tables read a neuron at a time, written sorted by these columns in row groups of
+`ROW_GROUP_ROWS` rows (`VIEWS_ROW_GROUP_ROWS` for ``views``, whose rows hold whole
+prompts), so that a read filtered on (layer, neuron) skips the row groups whose
+statistics rule the neuron out. Files written before 2026-12-05 are unsorted and still
+read (a filtered read then scans them whole). The sort is stable: ``views`` keeps its
+rows' order within a neuron (the order the prompts are shown in)."""
+
+ROW_GROUP_ROWS = 65_536
+"""Rows per Parquet row group of the tables in `TABLE_SORT`."""
+
+VIEWS_ROW_GROUP_ROWS = 1_024
+"""Rows per Parquet row group of ``views`` (each row a prompt's tokens and values)."""
+
+DERIVED_TABLES: frozenset[str] = frozenset({"attribution_means"})
+"""Tables computed from other tables for fast reading (``attribution_means`` from
+``attributions``): written since 2026-12-05, so older run directories lack them and
+readers fall back to computing them; they do not count towards a stage's completeness."""
+
 COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "attribution_means": {
+        "layer": "The neuron's layer.",
+        "neuron": "The neuron's index in its layer.",
+        "head_layer": "The upstream head's layer.",
+        "head": "The upstream head's index in its layer.",
+        "method": "The attribution method (as attributions.method).",
+        "mean": "The mean of attributions.value over the neuron's top prompts (all of its "
+        "prompts when the examples table has no kind column).",
+        "n": "How many attributions rows the mean is over.",
+    },
     "views": {
         "kind": "activation: a prompt shown for its neuron; attention: a prompt shown for a "
         "(neuron, head) pair; promoted, suppressed: a neuron's vocabulary.",
@@ -333,6 +381,22 @@ def conform_table(name: str, table: pa.Table | pd.DataFrame) -> pa.Table:
             f"table {name!r} lacks required column(s) {', '.join(missing)}{hint}; the run "
             f"directory format requires {', '.join(columns)} (extra columns are allowed)"
         )
+    return _conform(name, t, columns)
+
+
+def conform_columns(name: str, table: pa.Table | pd.DataFrame, complete: bool = False) -> pa.Table:
+    """:func:`conform_table` for a table read with some of the columns: the required
+    columns it has are checked and cast (and come first), the ones it lacks are not
+    asked for. With `complete`, exactly :func:`conform_table`."""
+    if complete:
+        return conform_table(name, table)
+    t = to_arrow(table)
+    columns = {c: typ for c, typ in required_columns(name).items() if c in t.column_names}
+    return _conform(name, t, columns)
+
+
+def _conform(name: str, t: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    names = t.column_names
     nullable = NULLABLE_COLUMNS.get(name, frozenset())
     arrays: list[pa.ChunkedArray] = []
     fields: list[pa.Field] = []
