@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/bench_prune.py [--quick] [--json out.json]
 
-Llama-shaped random models (12 layers, heads of 16 dimensions) with 4, 8, 16 and 32 heads
-per layer, each run through the pipeline up to the attribute stage on the storyworld
-text (the 4 next-token neurons of each of layers 9-11, their top 20 and contrast
-prompts): once with the default pruning (`--candidates 16`), then the attribute stage
-again with `--candidates 0` (every upstream head ablated) on the same examples. Printed:
-the attribute stage's seconds of each, their ratio, the attribution rows, the share of
-(example, head) labels that agree, the Jaccard index of the kept pairs, and the recall of
-the full sweep's active heads among the candidates. The baseline of each row is the full
-sweep measured in the same run.
+Llama-shaped random models (12 layers, d_model 256 whatever the heads, so that a partial
+forward pass costs the same) with 4, 8, 16 and 32 heads per layer, each run through the
+pipeline up to the attribute stage on the storyworld text (the 4 next-token neurons of
+each of layers 9-11, their top 20 and contrast prompts): once with the default pruning
+(`--candidates 16 --candidate-share 0.5`), then the attribute stage again with
+`--candidates 0` (every upstream head ablated) on the same examples. Printed: the
+attribute stage's seconds of each, their ratio, the heads ablated per prompt (the cost:
+K or more with pruning, every upstream head without), the attribution rows, the share
+of (example, head) labels that agree, the Jaccard index of the kept pairs, and the
+recall of the full sweep's active heads among the candidates. The baseline of each row
+is the full sweep measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 
-def measure(heads: int, docs: int, tmp: Path) -> dict[str, float]:
+def measure(heads: int, docs: int, tmp: Path, d_model: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lookuplens.attribute import AttributeConfig
@@ -42,7 +44,7 @@ def measure(heads: int, docs: int, tmp: Path) -> dict[str, float]:
     # a random Llama of 12 layers with the storyworld's tokenizer (so the prompts are text)
     tok = AutoTokenizer.from_pretrained(default_model_path())
     cfg = tiny_config(
-        "llama", len(tok), n_layers=12, d_model=16 * heads, n_heads=heads, d_mlp=256, n_ctx=256
+        "llama", len(tok), n_layers=12, d_model=d_model, n_heads=heads, d_mlp=256, n_ctx=256
     )
     cfg.bos_token_id = cfg.eos_token_id = tok.bos_token_id or 0
     torch.manual_seed(heads)
@@ -68,6 +70,9 @@ def measure(heads: int, docs: int, tmp: Path) -> dict[str, float]:
     for name, run in (("k16", pr), ("k0", fr)):
         out[f"seconds_{name}"] = float(run.meta["stages"]["attribute"]["seconds"])  # type: ignore[index]
         out[f"rows_{name}"] = run.read_table("attributions").num_rows
+    for name, run in (("k16", pr), ("k0", fr)):
+        lab = run.read_df("labels")
+        out[f"ablated_{name}"] = float(lab.candidate.mean() * len(lab) / lab.example_id.nunique())
     lp, lf = pr.read_df("labels"), fr.read_df("labels")
     key = ["example_id", "head_layer", "head"]
     both = lf.merge(lp, on=key, suffixes=("_full", "_pruned"))
@@ -89,25 +94,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--d-model", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    docs = 150 if args.quick else 400
+    docs = 150
     heads_list = (4, 8, 16) if args.quick else (4, 8, 16, 32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"12-layer random Llamas, {docs} storyworld documents scanned, neurons in 9-11")
         print(
-            "heads  examples  k=16 s  k=0 s  speedup  rows k=16/k=0    labels agree  "
-            "kept full/pruned  Jaccard  recall"
+            f"12-layer random Llamas, d_model {args.d_model}, {docs} storyworld documents "
+            f"scanned, neurons in 9-11, {os.cpu_count()} CPU threads"
+        )
+        print(
+            "heads  examples  k=16 s  k=0 s  speedup  ablated/prompt k=16/k=0  "
+            "rows k=16/k=0    labels agree  kept full/pruned  Jaccard  recall"
         )
         for h in heads_list:
-            r = measure(h, docs, Path(tmp))
+            r = measure(h, docs, Path(tmp), args.d_model)
             rows.append(r)
             print(
                 f"{h:5d}  {r['examples']:8.0f}  {r['seconds_k16']:6.1f}  {r['seconds_k0']:5.1f}"
-                f"  {r['speedup']:6.1f}x  {r['rows_k16']:7.0f}/{r['rows_k0']:<8.0f}"
+                f"  {r['speedup']:6.1f}x  {r['ablated_k16']:10.1f}/{r['ablated_k0']:<10.1f}"
+                f"  {r['rows_k16']:7.0f}/{r['rows_k0']:<8.0f}"
                 f"  {r['label_agreement']:12.3f}  {r['kept_full']:6.0f}/{r['kept_pruned']:<6.0f}"
-                f"     {r['kept_jaccard']:6.3f}  {r['candidate_recall']:.3f}"
+                f"     {r['kept_jaccard']:6.3f}  {r['candidate_recall']:.3f}",
+                flush=True,
             )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
