@@ -81,15 +81,8 @@ def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
     ablations only for each example's candidate heads, see `AttributeConfig.candidates`)."""
     lm, cfg, layer = att.lm, att.cfg, eb.layer
     ids, mask = pad_right(lm, [list(t) for t in eb.tokens])
-    batch = _Batch(
-        example_ids=eb.example_ids,
-        layer=layer,
-        neurons=torch.tensor(eb.neurons),
-        ids=ids,
-        mask=mask,
-        pos=mask.sum(1) - 1,
-    )
-    vals = att.run(batch)
+    batch = _Batch.on_device(lm, eb.example_ids, layer, torch.tensor(eb.neurons), ids, mask)
+    vals = {m: v.cpu() for m, v in att.run(batch).items()}
     ups = upstream_layers(lm, layer, cfg.include_same_layer)
     head_layer = np.repeat(np.array(ups, dtype=np.int64), lm.n_heads)
     head = np.tile(np.arange(lm.n_heads, dtype=np.int64), len(ups))

@@ -1,0 +1,183 @@
+"""Devices and dtypes: the scan in bfloat16 close to float32, the attribute stage closing
+exactly whatever dtype the model was loaded in, the pipeline on a (simulated) CUDA
+device, and a clear error where CUDA is missing.
+
+No test here needs a GPU: `fake_cuda` marks tensors as on ``cuda:0`` and raises where
+CUDA would (a CPU tensor mixed into a CUDA operation, ``.numpy()`` of a CUDA tensor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fake_cuda import FakeCudaError, fake_cuda, is_marked
+from lookuplens import cli
+from lookuplens.attribute import AttributeConfig, attribute_examples
+from lookuplens.corpus import CorpusSpec
+from lookuplens.model import LoadedModel, load_model
+from lookuplens.neurons import NeuronsConfig
+from lookuplens.pipeline import RunConfig, run_pipeline
+from lookuplens.scan import ScanConfig
+
+TEXTS = ["An owl sat on the", "She bought an apple at the market", "The quick brown fox"]
+WORDS = "the quick brown fox an owl apple market river tree she bought at".split()
+
+
+def write_corpus(path: Path, n_docs: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    path.write_text(
+        "\n".join(" ".join(rng.choice(WORDS, size=int(rng.integers(3, 40)))) for _ in range(n_docs))
+        + "\n"
+    )
+    return path
+
+
+def run_config(model: Path, corpus: Path, dtype: str) -> RunConfig:
+    return RunConfig(
+        model=str(model),
+        corpus=CorpusSpec(str(corpus)),
+        device="cpu",
+        dtype=dtype,  # type: ignore[arg-type]
+        neurons=NeuronsConfig(top_n=3, token_filter="none"),
+        scan=ScanConfig(k=5, shard_docs=10, batch_tokens=256),
+    )
+
+
+def tables(run: Path) -> dict[str, pa.Table]:
+    return {p.stem: pq.read_table(p) for p in sorted(run.glob("*.parquet"))}
+
+
+# ------------------------------------------------------------------ the simulated device
+
+
+def test_fake_cuda_raises_where_cuda_would() -> None:
+    lin = torch.nn.Linear(3, 2)
+    with fake_cuda(lin):
+        w = lin.weight
+        assert w.device == torch.device("cuda", 0) and is_marked(w * 2)
+        with pytest.raises(FakeCudaError):
+            _ = w + torch.ones(2, 3)  # a CPU tensor in a CUDA operation
+        _ = w + torch.tensor(1.0)  # a CPU scalar is allowed
+        assert is_marked(w[torch.tensor([1])])  # a CPU index into a CUDA tensor too
+        with pytest.raises(FakeCudaError):
+            torch.zeros(2, 3)[w[:, 0].long()]
+        with pytest.raises(TypeError, match="numpy"):
+            w.numpy()
+        assert not is_marked(w.cpu()) and is_marked(torch.zeros(2, device=w.device))
+        assert is_marked(torch.zeros(2).to(w.device)) and is_marked(lin(torch.ones(1, 3).cuda()))
+    assert not is_marked(lin.weight)
+
+
+# ------------------------------------------------------------------ dtypes
+
+
+@pytest.fixture
+def both(tiny_dirs: dict[str, Path], family: str) -> tuple[LoadedModel, LoadedModel]:
+    """The same checkpoint loaded in float32 and in bfloat16."""
+    path = tiny_dirs[family]
+    return load_model(path, device="cpu"), load_model(path, device="cpu", dtype="bfloat16")
+
+
+def examples(lm: LoadedModel, layer: int) -> pa.Table:
+    prompts = [lm.to_tokens(t)[0].tolist() for t in TEXTS]
+    return pa.table(
+        {
+            "example_id": [0, 1, 2],
+            "layer": [layer] * 3,
+            "neuron": [7, 3, 9],
+            "tokens": prompts,
+        }
+    )
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
+    """A whole bfloat16 run on the CPU: (model, corpus, run directory)."""
+    from lookuplens.model.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("bf16")
+    model = build_tiny_model("llama", root / "model", seed=3)
+    corpus = write_corpus(root / "c.txt")
+    run_pipeline(run_config(model, corpus, "bfloat16"), root / "run")
+    yield model, corpus, root / "run"
+
+
+def test_a_run_on_cuda_equals_the_cpu_run(
+    bf16_run: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stage on a (simulated) CUDA device: no tensor left on the wrong device."""
+    import lookuplens.pipeline as pipeline
+
+    model, corpus, cpu_run = bf16_run
+    # loaded outside the simulation (Hugging Face's loading is not run under it)
+    models = {dt: load_model(model, device="cpu", dtype=dt) for dt in ("bfloat16", "float32")}
+    loaded: list[str] = []
+
+    def load_on_cuda(source: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+        assert device == "cuda" and source == str(model)
+        loaded.append(dtype)
+        return models[dtype]
+
+    monkeypatch.setattr(pipeline, "load_model", load_on_cuda)
+    cfg = dataclasses.replace(run_config(model, corpus, "bfloat16"), device="cuda")
+    with fake_cuda(*(lm.hf for lm in models.values())):
+        run_pipeline(cfg, tmp_path / "run")
+    assert loaded == ["bfloat16", "float32"]  # float32 for the attribute stage only
+    got, want = tables(tmp_path / "run"), tables(cpu_run)
+    assert got.keys() == want.keys()
+    for name in ("firings", "examples", "attributions", "effects"):
+        assert got[name].equals(want[name]), name
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_every_attribution_method_and_why_run_on_cuda(tiny_dirs: dict[str, Path], fam: str) -> None:
+    """The methods the pipeline run leaves out (mean and resample ablation, candidate
+    pruning) and ``lookuplens why``, on the simulated CUDA device: equal to the CPU's."""
+    from lookuplens.attribute import METHODS
+    from lookuplens.why import WhyConfig, explain_prediction
+
+    lm = load_model(tiny_dirs[fam], device="cpu")
+    ex = examples(lm, 1)
+    cfg = AttributeConfig(methods=METHODS, candidates=3, label_method="zero_ablation")
+    want = attribute_examples(lm, ex, cfg), explain_prediction(lm, TEXTS[0], WhyConfig())
+    with fake_cuda(lm.hf):
+        got = attribute_examples(lm, ex, cfg), explain_prediction(lm, TEXTS[0], WhyConfig())
+    assert got[0].equals(want[0])
+    assert got[1].to_dict() == want[1].to_dict()
+
+
+def test_cuda_asked_for_without_cuda_is_one_line_and_nothing_written(
+    tiny_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    corpus = write_corpus(tmp_path / "c.txt", 5)
+    out = tmp_path / "run"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lookuplens", "run", "--model", str(tiny_dirs["gpt2"]), "--corpus", str(corpus)]
+        + ["--device", "cuda", "--dtype", "bfloat16", "--out", str(out)],
+    )
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert "CUDA is not available" in err[0] and "--device cpu" in err[0]
+    assert not out.exists()
