@@ -21,12 +21,12 @@ import torch
 
 from fake_cuda import FakeCudaError, fake_cuda, is_marked
 from lookuplens import cli
-from lookuplens.attribute import AttributeConfig, attribute_examples
-from lookuplens.corpus import CorpusSpec
-from lookuplens.model import LoadedModel, load_model
+from lookuplens.attribute import AttributeConfig, attribute_examples, decompose_neuron_input
+from lookuplens.corpus import CorpusSpec, iter_tokenized, make_batches
+from lookuplens.model import LoadedModel, as_float32, load_model
 from lookuplens.neurons import NeuronsConfig
 from lookuplens.pipeline import RunConfig, run_pipeline
-from lookuplens.scan import ScanConfig
+from lookuplens.scan import NeuronReader, ScanConfig
 
 TEXTS = ["An owl sat on the", "She bought an apple at the market", "The quick brown fox"]
 WORDS = "the quick brown fox an owl apple market river tree she bought at".split()
@@ -87,6 +87,39 @@ def both(tiny_dirs: dict[str, Path], family: str) -> tuple[LoadedModel, LoadedMo
     return load_model(path, device="cpu"), load_model(path, device="cpu", dtype="bfloat16")
 
 
+def test_scan_activations_in_bfloat16_are_close_to_float32(
+    both: tuple[LoadedModel, LoadedModel], tmp_path: Path
+) -> None:
+    lm32, lm16 = both
+    assert lm16.dtype == torch.bfloat16
+    spec = CorpusSpec(str(write_corpus(tmp_path / "c.txt", 12)))
+    docs = list(iter_tokenized(spec, lm32.tokenizer, lm32.max_context))
+    batch = next(iter(make_batches(docs, 512, 0)))
+    neurons = [(layer, n) for layer in range(lm32.n_layers) for n in (0, 5, 17, 40)]
+    a32 = NeuronReader(lm32, neurons).run(batch.input_ids, batch.attention_mask)
+    a16 = NeuronReader(lm16, neurons).run(batch.input_ids, batch.attention_mask)
+    valid = batch.attention_mask.bool()
+    a32, a16 = a32[valid], a16[valid]
+    scale = float(a32.abs().max())
+    # bfloat16 keeps 8 bits of mantissa (relative error 2^-9 per rounding); through a
+    # couple of layers of random weights the activations stay within a few percent
+    assert float((a16 - a32).abs().max()) <= 0.05 * scale
+    assert not torch.equal(a16, a32)  # the scan did run in bfloat16
+
+
+def test_as_float32_upcasts_a_copy_and_keeps_ties(
+    both: tuple[LoadedModel, LoadedModel],
+) -> None:
+    lm32, lm16 = both
+    assert as_float32(lm32) is lm32
+    up = as_float32(lm16)
+    assert up.dtype == torch.float32 and lm16.dtype == torch.bfloat16
+    for (name, p), q in zip(lm16.hf.named_parameters(), up.hf.parameters(), strict=True):
+        assert torch.equal(p.float(), q), name
+    if lm16.hf.get_output_embeddings().weight is lm16.hf.get_input_embeddings().weight:
+        assert up.hf.get_output_embeddings().weight is up.hf.get_input_embeddings().weight
+
+
 def examples(lm: LoadedModel, layer: int) -> pa.Table:
     prompts = [lm.to_tokens(t)[0].tolist() for t in TEXTS]
     return pa.table(
@@ -97,6 +130,23 @@ def examples(lm: LoadedModel, layer: int) -> pa.Table:
             "tokens": prompts,
         }
     )
+
+
+def test_attribution_of_a_bfloat16_model_closes(both: tuple[LoadedModel, LoadedModel]) -> None:
+    _, lm16 = both
+    layer = lm16.n_layers - 1
+    ex = examples(lm16, layer)
+    cfg = AttributeConfig(methods=("direct",), label_rule="mean_std")
+    att = attribute_examples(lm16, ex, cfg).to_pandas()
+    up = as_float32(lm16)  # what attribute_examples attributed
+    for i, prompt in enumerate(ex.column("tokens").to_pylist()):
+        d = decompose_neuron_input(up, torch.tensor(prompt), layer, [7, 3, 9][i], len(prompt) - 1)
+        # the decomposition closes exactly (float32), not to bfloat16's ~1e-2
+        assert sum(d.terms.values()) == pytest.approx(d.pre_activation, abs=1e-5)
+        rows = att[att.example_id == i]
+        got = {f"L{r.head_layer}H{r.head}": r.value for r in rows.itertuples()}
+        assert got == pytest.approx({k: d.terms[k] for k in got}, abs=1e-6)
+        assert len(got) == sum(1 for k in d.terms if "H" in k)
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -112,6 +162,55 @@ def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
     corpus = write_corpus(root / "c.txt")
     run_pipeline(run_config(model, corpus, "bfloat16"), root / "run")
     yield model, corpus, root / "run"
+
+
+def test_a_bfloat16_run_attributes_in_float32(bf16_run: tuple[Path, Path, Path]) -> None:
+    model, _, run = bf16_run
+    t = tables(run)
+    assert {"firings", "attributions", "effects", "scores"} <= set(t)
+    # the direct values are the float32 checkpoint's exact decomposition
+    lm = load_model(model, device="cpu", dtype="float32")
+    ex = t["examples"].to_pandas().set_index("example_id")
+    att = t["attributions"].to_pandas()
+    att = att[att.method == "direct"]
+    for eid in att.example_id.unique()[:4]:
+        e = ex.loc[eid]
+        toks = list(e.tokens)
+        at = len(toks) - 1
+        d = decompose_neuron_input(lm, torch.tensor(toks), int(e.layer), int(e.neuron), at)
+        assert sum(d.terms.values()) == pytest.approx(d.pre_activation, abs=1e-5)
+        for r in att[att.example_id == eid].itertuples():
+            assert r.value == pytest.approx(d.terms[f"L{r.head_layer}H{r.head}"], abs=1e-6)
+
+
+def test_the_float32_copy_lives_only_through_the_attribute_stage(
+    bf16_run: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    import lookuplens.pipeline as pipeline
+
+    model, corpus, _ = bf16_run
+    copies: list[weakref.ref[LoadedModel]] = []
+    alive: dict[str, bool] = {}
+
+    def load(source: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+        lm = load_model(source, device=device, dtype=dtype)
+        if dtype == "float32":
+            copies.append(weakref.ref(lm))
+        return lm
+
+    class Watch(pipeline.SilentReporter):
+        def start(self, stage: str, total: int | None, unit: str) -> None:
+            gc.collect()
+            alive[stage] = any(c() is not None for c in copies)
+
+    monkeypatch.setattr(pipeline, "load_model", load)
+    cfg = run_config(model, corpus, "bfloat16")
+    run_pipeline(cfg, tmp_path / "run", until="verify", reporter=Watch())
+    assert len(copies) == 1  # loaded for the attribute stage, freed before verify
+    assert not alive["attribute"] and not alive["verify"]
 
 
 def test_a_run_on_cuda_equals_the_cpu_run(

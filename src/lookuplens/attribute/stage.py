@@ -13,7 +13,7 @@ import torch
 from lookuplens.attribute.config import AttributeConfig
 from lookuplens.attribute.methods import Attributor, _Batch, head_means
 from lookuplens.attribute.readout import upstream_layers
-from lookuplens.model import LoadedModel, pad_right
+from lookuplens.model import LoadedModel, as_float32, pad_right
 from lookuplens.store import ShardStore
 
 __all__ = [
@@ -122,7 +122,13 @@ def attribute_examples(
     shards: ShardStore | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
-    """The `attributions` table for every example and upstream head (resumable by shard)."""
+    """The `attributions` table for every example and upstream head (resumable by shard).
+
+    It is computed in float32 so that the decompositions close: a model in another dtype
+    is attributed through a float32 copy (`lookuplens.model.as_float32`, 4 bytes per
+    parameter while the call runs); pass a float32 model to avoid the copy.
+    """
+    lm = as_float32(lm)
     prompts, batches = plan_batches(examples, cfg)
     means = None
     if "mean_ablation" in cfg.methods and prompts:
