@@ -20,7 +20,6 @@ plain forwards. ``--device cuda`` synchronises the GPU before every timer is rea
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     check_device(args.device)
     parts = {int(p) for p in args.parts.split(",")}
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     from lookuplens.attribute import AttributeConfig, attribute_examples
     from lookuplens.corpus import CorpusSpec, iter_tokenized
     from lookuplens.model import hook_name, load_model, pad_right

@@ -45,10 +45,16 @@ SHAPES: dict[str, dict[str, int | str]] = {
 
 
 def add_device_args(ap: argparse.ArgumentParser) -> None:
-    """--device, --dtype and --shape, shared by the benchmarks."""
+    """--device, --dtype, --shape and --threads, shared by the benchmarks."""
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--shape", choices=tuple(SHAPES), default="gpt2-small")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch CPU threads (default: every core; 1 on a machine other jobs share)",
+    )
 
 
 def check_device(device: str) -> None:
@@ -304,7 +310,7 @@ def main() -> None:
     add_device_args(ap)
     args = ap.parse_args()
     check_device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     name = device_name(args.device)
     print(f"device: {args.device} ({name}), dtype {args.dtype}", flush=True)
     results: dict[str, object] = {
