@@ -164,23 +164,39 @@ def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
     yield model, corpus, root / "run"
 
 
-def test_a_bfloat16_run_attributes_in_float32(bf16_run: tuple[Path, Path, Path]) -> None:
-    model, _, run = bf16_run
+def assert_direct_closes(run: Path, lm: LoadedModel, tol: float = 1e-6) -> None:
+    """The run's `direct` values are `lm`'s exact decomposition, which closes."""
     t = tables(run)
-    assert {"firings", "attributions", "effects", "scores"} <= set(t)
-    # the direct values are the float32 checkpoint's exact decomposition
-    lm = load_model(model, device="cpu", dtype="float32")
     ex = t["examples"].to_pandas().set_index("example_id")
     att = t["attributions"].to_pandas()
     att = att[att.method == "direct"]
+    assert len(att)
     for eid in att.example_id.unique()[:4]:
         e = ex.loc[eid]
         toks = list(e.tokens)
         at = len(toks) - 1
         d = decompose_neuron_input(lm, torch.tensor(toks), int(e.layer), int(e.neuron), at)
-        assert sum(d.terms.values()) == pytest.approx(d.pre_activation, abs=1e-5)
+        assert sum(d.terms.values()) == pytest.approx(d.pre_activation, abs=10 * tol)
         for r in att[att.example_id == eid].itertuples():
-            assert r.value == pytest.approx(d.terms[f"L{r.head_layer}H{r.head}"], abs=1e-6)
+            assert r.value == pytest.approx(d.terms[f"L{r.head_layer}H{r.head}"], abs=tol)
+
+
+def test_a_bfloat16_run_attributes_in_float32(bf16_run: tuple[Path, Path, Path]) -> None:
+    model, _, run = bf16_run
+    assert {"firings", "attributions", "effects", "scores"} <= set(tables(run))
+    # the direct values are the float32 checkpoint's exact decomposition
+    assert_direct_closes(run, load_model(model, device="cpu", dtype="float32"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_real_gpu_a_bfloat16_run_completes_and_attributes_in_float32(
+    bf16_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    model, corpus, cpu_run = bf16_run
+    cfg = dataclasses.replace(run_config(model, corpus, "bfloat16"), device="cuda")
+    run_pipeline(cfg, tmp_path / "run")
+    assert tables(tmp_path / "run").keys() == tables(cpu_run).keys()
+    assert_direct_closes(tmp_path / "run", load_model(model, device="cuda"), tol=1e-5)
 
 
 def test_the_float32_copy_lives_only_through_the_attribute_stage(
