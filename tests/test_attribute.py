@@ -326,9 +326,10 @@ def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor
     sizes = []
     for eid in range(3):
         mine = att[att.example_id == eid].set_index(["head_layer", "head"])
-        ap, direct = mine[mine.method == "attribution_patching"].value, mine[
-            mine.method == "direct"
-        ].value
+        ap, direct = (
+            mine[mine.method == "attribution_patching"].value,
+            mine[mine.method == "direct"].value,
+        )
         want = set(ap[ap >= floor].index) | {direct.idxmax()}  # top 1: direct's first
         got = set(mine[mine.method == "zero_ablation"].index)
         assert got == want
@@ -347,9 +348,7 @@ def test_active_floor_follows_the_label_rule() -> None:
     # share: min(fraction x ref, max(floor x ref, fraction x drive)); drive = positive sum
     share = active_floor(AttributeConfig(label_rule="ablation_share"), ref, est)
     np.testing.assert_allclose(share.numpy(), [0.2, np.inf, 0.1])
-    mean_std = active_floor(
-        AttributeConfig(label_rule="mean_std", methods=("direct",)), ref, est
-    )
+    mean_std = active_floor(AttributeConfig(label_rule="mean_std", methods=("direct",)), ref, est)
     assert torch.isinf(mean_std).all()
 
 

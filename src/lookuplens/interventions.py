@@ -101,11 +101,8 @@ def neuron_edit(kind: str, value: dict[tuple[int, int], float] | float) -> Calla
             ) -> Tensor:
                 x = x.clone()
                 cur = x[sel, :, cols]  # [n, p]
-                new = (
-                    cur * vals[:, None].to(x.dtype)
-                    if kind == "scale"
-                    else (vals[:, None].to(x.dtype).expand_as(cur))
-                )
+                v = vals[:, None].to(x.device, x.dtype)
+                new = cur * v if kind == "scale" else v.expand_as(cur)
                 x[sel[:, None], torch.arange(x.shape[1])[None, :], cols[:, None]] = new
                 return x
 
@@ -132,7 +129,7 @@ def head_edit(heads: list[tuple[int, int]], donor: dict[int, Tensor] | None = No
                 z: Tensor, _n: str, sel: Tensor = sel, hs: Tensor = hs, new: Tensor | None = new
             ) -> Tensor:
                 z = z.clone()
-                z[sel, :, hs] = 0 if new is None else new.to(z.dtype)
+                z[sel, :, hs] = 0 if new is None else new.to(z.device, z.dtype)
                 return z
 
             hooks.append((hook_name(hl, "attn.hook_z"), fn))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -112,12 +113,24 @@ class Context:
 
     @property
     def lm32(self) -> LoadedModel:
-        """The model in float32, for the decompositions that must close exactly."""
+        """The model in float32, for the decompositions that must close exactly: the model
+        itself when it is in float32, else the checkpoint loaded again in float32 (held
+        beside the model until `drop_lm32`)."""
         if self.lm.dtype == torch.float32:
             return self.lm
         if self._lm32 is None:
+            log.info("loading %s in float32 for the attribute stage", self.cfg.model_source)
             self._lm32 = load_model(self.cfg.model_source, device=self.cfg.device, dtype="float32")
         return self._lm32
+
+    def drop_lm32(self) -> None:
+        """Free the float32 copy (the stages after attribute use the model's own dtype)."""
+        if self._lm32 is None:
+            return
+        self._lm32 = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _stage_neurons(ctx: Context) -> str:
@@ -225,13 +238,16 @@ def _stage_attribute(ctx: Context) -> str:
             on_progress=lambda d, n: ctx.reporter.update(d, n),
         )
     else:
-        att = attribute_examples(
-            ctx.lm32,  # float32: the direct decomposition must close
-            examples,
-            cfg,
-            shards=ctx.run.shards("attribute"),
-            on_progress=lambda d, n: ctx.reporter.update(d, n),
-        )
+        try:
+            att = attribute_examples(
+                ctx.lm32,  # float32: the decompositions must close
+                examples,
+                cfg,
+                shards=ctx.run.shards("attribute"),
+                on_progress=lambda d, n: ctx.reporter.update(d, n),
+            )
+        finally:
+            ctx.drop_lm32()
     labels = label_examples(att, examples, cfg)
     pairs = build_pairs(att, labels, ctx.run.read_table("neurons"), cfg, examples)
     ctx.run.write_table("attributions", att)

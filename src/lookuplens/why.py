@@ -272,15 +272,10 @@ def explain_prediction(lm: LoadedModel, prompt: str, cfg: WhyConfig) -> WhyResul
         ups = upstream_layers(lm, layer)
         heads: list[HeadFinding] = []
         if ups:
-            batch = _Batch(
-                example_ids=np.array([0]),
-                layer=layer,
-                neurons=torch.tensor([n]),
-                ids=ids,
-                mask=torch.ones_like(ids),
-                pos=torch.tensor([p]),
+            batch = _Batch.on_device(
+                lm, np.array([0]), layer, torch.tensor([n]), ids, torch.ones_like(ids)
             )
-            vals = att.run(batch)
+            vals = {m: v.cpu() for m, v in att.run(batch).items()}
             d = vals["direct"][0]
             za = vals["zero_ablation"][0]
             for j in torch.argsort(d, descending=True)[: cfg.top_heads].tolist():

@@ -33,9 +33,9 @@ def label_reference(examples, cfg: AttributeConfig) -> np.ndarray:  # type: igno
     """Per row of the ``examples`` frame, the activation an ablation label rule measures
     effects against: the neuron's typical activation (``ablation_typical``,
     ``ablation_share``), the example's own (``ablation_fraction``); 0 where no head can be
-    active, NaN for the rules that do not read ablations."""
+    active, NaN for the rules that do not read ablations or examples without activations."""
     rule = cfg.label_rule
-    if not rule.startswith("ablation"):
+    if not rule.startswith("ablation") or "trimmed_activation" not in examples.columns:
         return np.full(len(examples), np.nan)
     if rule == "ablation_fraction":
         act = examples.trimmed_activation.to_numpy(dtype=float)

@@ -35,7 +35,9 @@ def candidate_heads(
     def ranks(v: Tensor) -> Tensor:
         order = torch.argsort(v, dim=1, descending=True, stable=True)
         r = torch.empty_like(order)
-        r.scatter_(1, order, torch.arange(v.shape[1]).expand_as(order).contiguous())
+        r.scatter_(
+            1, order, torch.arange(v.shape[1], device=v.device).expand_as(order).contiguous()
+        )
         return r
 
     rd, rp = ranks(direct), ranks(patching)
@@ -50,6 +52,8 @@ def candidate_heads(
 
 @dataclass
 class _Batch:
+    """One batch's tensors, all on the model's device."""
+
     example_ids: np.ndarray
     layer: int
     neurons: Tensor  # [B]
@@ -57,6 +61,24 @@ class _Batch:
     mask: Tensor
     pos: Tensor  # [B]
     reference: Tensor | None = None  # [B] the label rule's reference activation
+
+    @classmethod
+    def on_device(
+        cls,
+        lm: LoadedModel,
+        example_ids: np.ndarray,
+        layer: int,
+        neurons: Tensor,
+        ids: Tensor,
+        mask: Tensor,
+        reference: Tensor | None = None,
+    ) -> _Batch:
+        """A batch of right-padded prompts, moved to `lm`'s device; each example is read at
+        its last unpadded position."""
+        dev = lm.device
+        mask = mask.to(dev)
+        ref = None if reference is None else reference.to(dev)
+        return cls(example_ids, layer, neurons.to(dev), ids.to(dev), mask, mask.sum(1) - 1, ref)
 
 
 def head_means(
@@ -91,7 +113,8 @@ class Attributor:
         ups = upstream_layers(lm, L, cfg.include_same_layer)
         H = lm.n_heads
         B = len(b.pos)
-        rows = torch.arange(B)
+        dev = b.pos.device
+        rows = torch.arange(B, device=dev)
         stream = mlp_stream_point(lm, L)
         names = [hook_name(l_, "attn.hook_z") for l_ in ups]
         names += [stream, hook_name(L, "mlp.hook_post")]
@@ -101,7 +124,7 @@ class Attributor:
         out: dict[str, Tensor] = {}
         methods = set(cfg.methods)
         if not ups:
-            return {m: torch.zeros(B, 0, dtype=torch.float64) for m in cfg.methods}
+            return {m: torch.zeros(B, 0, dtype=torch.float64, device=dev) for m in cfg.methods}
         zs = {l_: cache[hook_name(l_, "attn.hook_z")] for l_ in ups}  # [B, p, H, dh]
         z_last = {l_: zs[l_][rows, b.pos].double() for l_ in ups}  # [B, H, dh]
         w_in = lm.W_in(L)[b.neurons].detach()  # [B, d]
@@ -162,6 +185,7 @@ class Attributor:
         shape) only the chosen (example, head) cells are computed, the rest are NaN."""
         lm, L, H = self.lm, b.layer, self.lm.n_heads
         B = len(b.pos)
+        dev = b.pos.device
         vals = []
         donor = None
         if method == "resample_ablation":
@@ -169,15 +193,16 @@ class Attributor:
             donor = torch.from_numpy((np.arange(B) + g.integers(1, max(B, 2), size=B)) % B)
             if B == 1:
                 donor = torch.zeros(1, dtype=torch.long)
+            donor = donor.to(dev)
         lengths = b.mask.sum(1)
         for j, l_ in enumerate(ups):
             if chosen is None:
-                rows = torch.arange(B).repeat(H)  # row r*B+i stands for example i, head r
-                heads = torch.arange(H).repeat_interleave(B)
+                rows = torch.arange(B, device=dev).repeat(H)  # row r*B+i: example i, head r
+                heads = torch.arange(H, device=dev).repeat_interleave(B)
             else:
                 ex_idx, head_idx = chosen[:, j * H : (j + 1) * H].nonzero(as_tuple=True)
                 rows, heads = ex_idx, head_idx
-            cell = torch.full((B, H), float("nan"), dtype=torch.float64)
+            cell = torch.full((B, H), float("nan"), dtype=torch.float64, device=dev)
             if len(rows) == 0:
                 vals.append(cell)
                 continue
@@ -187,7 +212,7 @@ class Attributor:
                 z: Tensor, _n: str, l_: int = l_, heads: Tensor = heads, rows: Tensor = rows
             ) -> Tensor:
                 z = z.clone()
-                idx = torch.arange(z.shape[0])
+                idx = torch.arange(z.shape[0], device=z.device)
                 if method == "zero_ablation":
                     z[idx, :, heads] = 0
                 elif method == "mean_ablation":
@@ -196,7 +221,8 @@ class Attributor:
                     assert donor is not None
                     src = donor[rows]
                     p = z.shape[1]
-                    pos = torch.minimum(torch.arange(p)[None, :], (lengths[src] - 1)[:, None])
+                    pos = torch.arange(p, device=z.device)[None, :]
+                    pos = torch.minimum(pos, (lengths[src] - 1)[:, None])
                     z[idx, :, heads] = zs[l_][src[:, None], pos, heads[:, None]].to(z.dtype)
                 return z
 
@@ -217,7 +243,7 @@ class Attributor:
                 ],
             )
             n = len(rows)
-            a = got["post"][torch.arange(n), b.pos[rows], b.neurons[rows]].double()
+            a = got["post"][torch.arange(n, device=dev), b.pos[rows], b.neurons[rows]].double()
             cell[rows, heads] = post[rows] - a
             vals.append(cell)
         return torch.cat(vals, dim=1)
@@ -246,14 +272,14 @@ class Attributor:
         lm.run_with_cache(
             b.ids, [], attention_mask=b.mask, stop_after_layer=L, extra_hooks=hooks, grad=True
         )
-        target = out["post"][torch.arange(B), b.pos, b.neurons].sum()
+        target = out["post"][torch.arange(B, device=b.pos.device), b.pos, b.neurons].sum()
         grads = torch.autograd.grad(target, [leaves[l_] for l_ in ups], allow_unused=True)
         vals = []
         valid = b.mask.bool()[:, :, None, None]
         for l_, g in zip(ups, grads, strict=True):
             z = leaves[l_].detach()
             if g is None:
-                vals.append(torch.zeros(B, lm.n_heads, dtype=torch.float64))
+                vals.append(torch.zeros(B, lm.n_heads, dtype=torch.float64, device=z.device))
                 continue
             vals.append((g.double() * z.double() * valid).sum(dim=(1, 3)))
         return torch.cat(vals, dim=1)

@@ -61,7 +61,7 @@ def frozen_norm_direction(
     else:
         scale = torch.sqrt((x * x).mean(dim=-1) + p.eps)
     w_eff = norm_readout(lm, layer, w) / scale[:, None]
-    const = torch.zeros(x.shape[0], dtype=torch.float64)
+    const = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     if p.bias is not None:
         const = const + (p.bias.double() * w.double()).sum(-1)
     return w_eff, const

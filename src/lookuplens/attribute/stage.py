@@ -14,7 +14,7 @@ from lookuplens.attribute.config import AttributeConfig
 from lookuplens.attribute.labels import label_reference
 from lookuplens.attribute.methods import Attributor, _Batch, head_means
 from lookuplens.attribute.readout import upstream_layers
-from lookuplens.model import LoadedModel, pad_right
+from lookuplens.model import LoadedModel, as_float32, pad_right
 from lookuplens.store import TABLE_SORT, ShardStore
 
 __all__ = [
@@ -87,16 +87,11 @@ def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
     ablations only for each example's candidate heads, see `AttributeConfig.candidates`)."""
     lm, cfg, layer = att.lm, att.cfg, eb.layer
     ids, mask = pad_right(lm, [list(t) for t in eb.tokens])
-    batch = _Batch(
-        example_ids=eb.example_ids,
-        layer=layer,
-        neurons=torch.tensor(eb.neurons),
-        ids=ids,
-        mask=mask,
-        pos=mask.sum(1) - 1,
-        reference=None if eb.reference is None else torch.tensor(eb.reference),
+    ref = None if eb.reference is None else torch.tensor(eb.reference)
+    batch = _Batch.on_device(
+        lm, eb.example_ids, layer, torch.tensor(eb.neurons), ids, mask, reference=ref
     )
-    vals = att.run(batch)
+    vals = {m: v.cpu() for m, v in att.run(batch).items()}
     ups = upstream_layers(lm, layer, cfg.include_same_layer)
     head_layer = np.repeat(np.array(ups, dtype=np.int64), lm.n_heads)
     head = np.tile(np.arange(lm.n_heads, dtype=np.int64), len(ups))
@@ -136,7 +131,13 @@ def attribute_examples(
     shards: ShardStore | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
-    """The `attributions` table for every example and upstream head (resumable by shard)."""
+    """The `attributions` table for every example and upstream head (resumable by shard).
+
+    It is computed in float32 so that the decompositions close: a model in another dtype
+    is attributed through a float32 copy (`lookuplens.model.as_float32`, 4 bytes per
+    parameter while the call runs); pass a float32 model to avoid the copy.
+    """
+    lm = as_float32(lm)
     prompts, batches = plan_batches(examples, cfg)
     means = None
     if "mean_ablation" in cfg.methods and prompts:

@@ -8,7 +8,7 @@ from lookuplens.model.arch import (
     supported_model_types,
 )
 from lookuplens.model.hooks import POINTS, HookFn, hook_name, parse_hook_name
-from lookuplens.model.loading import from_hf, load_model, resolve_device
+from lookuplens.model.loading import as_float32, from_hf, load_model, resolve_device
 from lookuplens.model.padding import pad_id, pad_right, pad_rows
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "LayerCall",
     "LoadedModel",
     "NormParams",
+    "as_float32",
     "from_hf",
     "hook_name",
     "load_model",

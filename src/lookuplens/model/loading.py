@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceName", "DtypeName", "from_hf", "load_model", "resolve_device"]
+__all__ = ["DeviceName", "DtypeName", "as_float32", "from_hf", "load_model", "resolve_device"]
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -178,3 +178,31 @@ def from_hf(hf: PreTrainedModel, tokenizer: Any, name: str = "in-memory") -> Loa
     hf.eval()
     hf.requires_grad_(False)
     return LoadedModel(hf, tokenizer, spec, name)
+
+
+def as_float32(lm: LoadedModel) -> LoadedModel:
+    """`lm` itself when it is in float32, else a float32 copy of it on the same device.
+
+    For the computations that must close exactly (the attribute stage's decompositions):
+    the copy's weights are the reduced-precision ones upcast, so it is the same model run
+    at full precision. It costs 4 bytes per parameter beside the original, which is kept.
+    Loading the checkpoint with ``load_model(..., dtype="float32")`` instead gives the
+    stored weights (what the pipeline and the Ray workers do).
+    """
+    import copy
+
+    if lm.dtype == torch.float32:
+        return lm
+    # deepcopy with every floating tensor pre-copied as float32: no reduced-precision
+    # duplicate is made on the way, and tied weights stay tied
+    memo: dict[int, object] = {}
+    for p in lm.hf.parameters():
+        if p.is_floating_point() and id(p) not in memo:
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.float32), requires_grad=False)
+    for b in lm.hf.buffers():
+        if b.is_floating_point() and id(b) not in memo:
+            memo[id(b)] = b.detach().to(torch.float32)
+    hf = copy.deepcopy(lm.hf, memo)
+    hf.config.dtype = torch.float32
+    log.info("made a float32 copy of %s (loaded in %s)", lm.name, lm.dtype)
+    return LoadedModel(hf, lm.tokenizer, lm.spec, lm.name)
