@@ -341,15 +341,16 @@ def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor
 def test_active_floor_follows_the_label_rule() -> None:
     from lookuplens.attribute.labels import active_floor
 
-    ref = torch.tensor([1.0, 0.0, 2.0])
-    est = torch.tensor([[0.5, 0.5, -1.0], [0.1, 0.0, 0.0], [0.05, 0.05, 0.0]])
-    typ = active_floor(AttributeConfig(label_rule="ablation_typical"), ref, est)
+    ref = np.array([1.0, 0.0, 2.0])
+    est = np.array([[0.5, 0.5, -1.0], [0.1, 0.0, 0.0], [0.05, 0.05, 0.0]])
+    drive = np.clip(est, 0, None).sum(axis=1)  # the positive sum of every head's effect
+    typ = active_floor(AttributeConfig(label_rule="ablation_typical"), ref, drive)
     assert typ.tolist() == [0.2, float("inf"), 0.4]
     # share: min(fraction x ref, max(floor x ref, fraction x drive)); drive = positive sum
-    share = active_floor(AttributeConfig(label_rule="ablation_share"), ref, est)
-    np.testing.assert_allclose(share.numpy(), [0.2, np.inf, 0.1])
-    mean_std = active_floor(AttributeConfig(label_rule="mean_std", methods=("direct",)), ref, est)
-    assert torch.isinf(mean_std).all()
+    share = active_floor(AttributeConfig(label_rule="ablation_share"), ref, drive)
+    np.testing.assert_allclose(share, [0.2, np.inf, 0.1])
+    mean_std = active_floor(AttributeConfig(label_rule="mean_std", methods=("direct",)), ref, drive)
+    assert np.isinf(mean_std).all()
 
 
 def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: LoadedModel) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import torch
-from torch import Tensor
 
 from lookuplens.attribute.config import ABLATIONS, AttributeConfig
 
@@ -49,23 +47,25 @@ def label_reference(examples, cfg: AttributeConfig) -> np.ndarray:  # type: igno
     return np.clip(act, 0, None)
 
 
-def active_floor(cfg: AttributeConfig, ref: Tensor, estimate: Tensor) -> Tensor:
-    """``[B]`` the least zero-ablation effect with which the label rule can call a head
-    active on each example, given the reference activations ``ref`` ``[B]`` (from
-    `label_reference`) and estimated effects of every upstream head ``estimate``
-    ``[B, n]`` (``ablation_share`` compares an effect with the drive of all heads; the
-    estimate stands in for it). ``inf`` where no head can be active or the rule does not
-    read ablations."""
-    ref = torch.nan_to_num(ref.double(), nan=0.0)
+def active_floor(cfg: AttributeConfig, ref: np.ndarray, drive: np.ndarray) -> np.ndarray:
+    """``[B]`` the least zero-ablation effect with which the label rule calls a head active
+    on each example: the rule itself, which `label_examples` applies to the exact effects
+    and the attribute stage's candidate pruning to their attribution-patching estimates.
+    ``ref`` ``[B]``: the reference activations (`label_reference`); ``drive`` ``[B]``: the
+    sum of the positive effects of all heads on the example (``ablation_share`` compares an
+    effect with it). ``inf`` where no head can be active or the rule does not read
+    ablations."""
+    ref = np.asarray(ref, dtype=np.float64)
     if cfg.label_rule in ("ablation_typical", "ablation_fraction"):
         floor = cfg.label_fraction * ref
     elif cfg.label_rule == "ablation_share":
-        drive = estimate.double().clamp(min=0).sum(dim=1)
-        share = torch.maximum(cfg.label_floor * ref, cfg.label_fraction * drive)
-        floor = torch.minimum(cfg.label_fraction * ref, share)
+        drive = np.asarray(drive, dtype=np.float64)
+        share = np.maximum(cfg.label_floor * ref, cfg.label_fraction * drive)
+        floor = np.minimum(cfg.label_fraction * ref, share)
     else:
-        return torch.full_like(ref, float("inf"))
-    return torch.where(ref > 0, floor, torch.full_like(ref, float("inf")))
+        return np.full(ref.shape, np.inf)
+    with np.errstate(invalid="ignore"):
+        return np.where(ref > 0, floor, np.inf)
 
 
 def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeConfig) -> pa.Table:
@@ -82,28 +82,22 @@ def label_examples(attributions: pa.Table, examples: pa.Table, cfg: AttributeCon
     elif cfg.label_rule == "top_k":
         rank = g.rank(ascending=False, method="first")
         active = (rank <= cfg.label_top_k) & (val.value > 0)
-    elif cfg.label_rule == "ablation_fraction":
-        eff = _zero_ablation_effects(df, val)
-        act = ex.loc[val.example_id, "trimmed_activation"].to_numpy()
-        active = (act > 0) & (eff >= cfg.label_fraction * act)
-    else:  # ablation_typical, ablation_share
-        eff = _zero_ablation_effects(df, val)
-        typical = typical_activation(ex)
-        ref = typical.reindex(pd_index_cols(val, ["layer", "neuron"])).to_numpy()
-        if cfg.label_rule == "ablation_typical":
-            active = (ref > 0) & (eff >= cfg.label_fraction * ref)
-        else:
-            import pandas as pd
+    else:  # the ablation rules
+        import pandas as pd
 
-            drive = (
-                pd.Series(np.clip(eff, 0, None), index=val.index)
-                .groupby(val.example_id.to_numpy())
-                .transform("sum")
-                .to_numpy()
+        if "trimmed_activation" not in ex.columns:
+            raise ValueError(
+                f"label_rule {cfg.label_rule} needs the examples' trimmed_activation column"
             )
-            typical_rule = eff >= cfg.label_fraction * ref
-            share_rule = (eff >= cfg.label_floor * ref) & (eff >= cfg.label_fraction * drive)
-            active = (ref > 0) & (typical_rule | share_rule)
+        eff = _zero_ablation_effects(df, val)
+        ref = pd.Series(label_reference(ex, cfg), index=ex.index)
+        drive = (
+            pd.Series(np.clip(eff, 0, None), index=val.index)
+            .groupby(val.example_id.to_numpy())
+            .transform("sum")
+            .to_numpy()
+        )
+        active = eff >= active_floor(cfg, ref.loc[val.example_id].to_numpy(), drive)
     val["active"] = np.asarray(active, dtype=bool)
     val["split"] = ex.loc[val.example_id, "split"].to_numpy()
     # a head whose ablations were pruned (not among the example's candidates) has no

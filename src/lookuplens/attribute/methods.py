@@ -60,7 +60,7 @@ class _Batch:
     ids: Tensor
     mask: Tensor
     pos: Tensor  # [B]
-    reference: Tensor | None = None  # [B] the label rule's reference activation
+    reference: np.ndarray | None = None  # [B] the label rule's reference activation
 
     @classmethod
     def on_device(
@@ -71,14 +71,15 @@ class _Batch:
         neurons: Tensor,
         ids: Tensor,
         mask: Tensor,
-        reference: Tensor | None = None,
+        reference: np.ndarray | None = None,
     ) -> _Batch:
-        """A batch of right-padded prompts, moved to `lm`'s device; each example is read at
-        its last unpadded position."""
+        """A batch of right-padded prompts, moved to `lm`'s device (`reference` stays on the
+        host); each example is read at its last unpadded position."""
         dev = lm.device
         mask = mask.to(dev)
-        ref = None if reference is None else reference.to(dev)
-        return cls(example_ids, layer, neurons.to(dev), ids.to(dev), mask, mask.sum(1) - 1, ref)
+        return cls(
+            example_ids, layer, neurons.to(dev), ids.to(dev), mask, mask.sum(1) - 1, reference
+        )
 
 
 def head_means(
@@ -165,7 +166,9 @@ class Attributor:
             patching = out["attribution_patching"]
             floor = None
             if cfg.candidate_share > 0 and b.reference is not None:
-                floor = cfg.candidate_share * active_floor(cfg, b.reference, patching)
+                drive = patching.clamp(min=0).sum(dim=1).cpu().numpy()
+                least = active_floor(cfg, b.reference, drive)  # the rule on the estimates
+                floor = cfg.candidate_share * torch.from_numpy(least).to(patching.device)
             chosen = candidate_heads(out["direct"], patching, cfg.candidates, floor)
         for method in ablations:
             out[method] = self._ablate(b, calls, zs, post, ups, method, chosen)

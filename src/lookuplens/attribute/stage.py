@@ -87,9 +87,8 @@ def attribute_batch(att: Attributor, eb: ExampleBatch) -> pa.Table:
     ablations only for each example's candidate heads, see `AttributeConfig.candidates`)."""
     lm, cfg, layer = att.lm, att.cfg, eb.layer
     ids, mask = pad_right(lm, [list(t) for t in eb.tokens])
-    ref = None if eb.reference is None else torch.tensor(eb.reference)
     batch = _Batch.on_device(
-        lm, eb.example_ids, layer, torch.tensor(eb.neurons), ids, mask, reference=ref
+        lm, eb.example_ids, layer, torch.tensor(eb.neurons), ids, mask, reference=eb.reference
     )
     vals = {m: v.cpu() for m, v in att.run(batch).items()}
     ups = upstream_layers(lm, layer, cfg.include_same_layer)
