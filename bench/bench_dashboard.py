@@ -344,7 +344,7 @@ def _model_meta(path: str) -> dict[str, Any]:
 def write_run(path: Path, rows: int, seed: int = 0, unsorted: bool = False) -> dict[str, int]:
     """Write the synthetic run directory at `path`; returns each table's row count."""
     from lookuplens.pipeline import RunConfig
-    from lookuplens.store import RunDir, table_schema
+    from lookuplens.store import STAGES, RunDir, table_schema
     from lookuplens.store.means import attribution_means
 
     model_path = str(path.parent / "no-such-model")  # never loaded: views cover the pages
@@ -468,16 +468,7 @@ def write_run(path: Path, rows: int, seed: int = 0, unsorted: bool = False) -> d
         pq.write_table(views_table, run.table_path("views"), compression="zstd")
     else:
         run.write_table("views", views_table)
-    for stage in (
-        "neurons",
-        "scan",
-        "examples",
-        "attribute",
-        "verify",
-        "explain",
-        "score",
-        "report",
-    ):
+    for stage in STAGES:
         run.mark_done(stage, 1.0)
     run.update_meta(
         method_agreement={m: {n: 1.0 if m == n else 0.5 for n in METHODS} for m in METHODS}
