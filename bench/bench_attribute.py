@@ -128,7 +128,7 @@ def main() -> None:
                     flush=True,
                 )
         if 2 in parts:
-            # candidates=0: every upstream head, as the naive way (the default prunes to 16)
+            # candidates=0: every upstream head, as the naive way (the default prunes)
             cfg = AttributeConfig(
                 methods=("zero_ablation",),
                 label_method="zero_ablation",

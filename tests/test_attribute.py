@@ -296,16 +296,35 @@ def test_ablation_share_rule_against_the_heads_total_drive(tiny_dirs: dict[str, 
     assert all(0 < n < total for n, total in mixed[:2]), mixed
 
 
-def test_candidate_heads_take_the_better_of_the_two_ranks() -> None:
+def test_candidate_heads_are_the_top_k_by_patching_and_half_as_many_by_direct() -> None:
     from lookuplens.attribute.methods import candidate_heads
 
     direct = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     patching = torch.tensor([[0.0, 0.1, 0.2, 0.3, 9.0, 0.4]])
-    # ranks: direct 0..5; patching: head 4 first, then 5, 3, 2, 1, 0
-    mask = candidate_heads(direct, patching, 3)
-    # heads 0 (direct 1st) and 4 (patching 1st) always make it; the third is head 1 or 5
-    # (both second by one method): ties go to the better direct rank, head 1
-    assert mask[0].nonzero().flatten().tolist() == [0, 1, 4]
+    # patching ranks heads 4, 5, 3, ...; direct ranks 0, 1, 2, ...
+    assert candidate_heads(direct, patching, 3)[0].nonzero().flatten().tolist() == [0, 1, 3, 4, 5]
+    # k_direct given: the top 3 by patching and the top 1 by direct
+    assert candidate_heads(direct, patching, 3, k_direct=1)[0].nonzero().flatten().tolist() == [
+        0,
+        3,
+        4,
+        5,
+    ]
+    # the floor adds every head whose estimate reaches it
+    floor = torch.tensor([0.2])
+    got = candidate_heads(direct, patching, 1, floor, k_direct=0)[0].nonzero().flatten()
+    assert got.tolist() == [2, 3, 4, 5]
+
+
+def test_layers_with_few_upstream_heads_are_swept_whole() -> None:
+    cfg = AttributeConfig(candidates=6)  # 6 by patching, 3 by direct, sweep_heads 32
+    assert not cfg.prunes(16) and not cfg.prunes(32) and cfg.prunes(33)
+    assert AttributeConfig(candidates=6, sweep_heads=0).prunes(10)
+    assert not AttributeConfig(candidates=6, sweep_heads=0).prunes(9)  # 6 + 3: all of them
+    assert not AttributeConfig(candidates=0).prunes(1000)
+    assert not AttributeConfig(
+        candidates=6, methods=("direct",), label_rule="mean_std", label_method="direct"
+    ).prunes(1000)
 
 
 def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor(
@@ -319,7 +338,11 @@ def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor
     )
     methods = ("direct", "zero_ablation", "attribution_patching")
     cfg = AttributeConfig(
-        methods=methods, candidates=1, label_rule="ablation_typical", candidate_share=0.5
+        methods=methods,
+        candidates=1,
+        label_rule="ablation_typical",
+        candidate_share=0.5,
+        sweep_heads=0,
     )
     att = attribute_examples(lm, ex, cfg).to_pandas()
     floor = 0.5 * 0.2 * act  # share x label_fraction x the neuron's median top activation
@@ -330,7 +353,8 @@ def test_candidate_share_also_ablates_the_heads_whose_estimate_reaches_the_floor
             mine[mine.method == "attribution_patching"].value,
             mine[mine.method == "direct"].value,
         )
-        want = set(ap[ap >= floor].index) | {direct.idxmax()}  # top 1: direct's first
+        # the top 1 by patching, the top 1 by direct, every head over the floor
+        want = set(ap[ap >= floor].index) | {direct.idxmax(), ap.idxmax()}
         got = set(mine[mine.method == "zero_ablation"].index)
         assert got == want
         sizes.append(len(got))
@@ -359,10 +383,20 @@ def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: Loade
     n_up = len(upstream_layers(lm, layer)) * lm.n_heads
     methods = ("direct", "zero_ablation", "resample_ablation", "attribution_patching")
     full = attribute_examples(lm, ex, AttributeConfig(methods=methods, candidates=0))
-    k = max(1, n_up // 3)
-    cfg = AttributeConfig(methods=methods, candidates=k, candidate_share=0)  # exactly k
+    k = max(1, n_up // 4)
+    # exactly the top k by patching and k/2 by direct
+    cfg = AttributeConfig(methods=methods, candidates=k, candidate_share=0, sweep_heads=0)
+    assert cfg.prunes(n_up)
     pruned = attribute_examples(lm, ex, cfg)
     f, p = full.to_pandas(), pruned.to_pandas()
+    want = set()
+    for eid in range(3):
+        mine = f[f.example_id == eid].set_index(["head_layer", "head"])
+        ap = mine[mine.method == "attribution_patching"].value
+        di = mine[mine.method == "direct"].value
+        top = set(ap.sort_values(ascending=False, kind="stable").index[:k])
+        top |= set(di.sort_values(ascending=False, kind="stable").index[: cfg.candidates_direct])
+        want |= {(eid, *h) for h in top}
     for m in ("direct", "attribution_patching"):  # cheap methods: every head, same values
         a, b = f[f.method == m], p[p.method == m]
         assert len(a) == len(b) == 3 * n_up
@@ -370,9 +404,10 @@ def test_pruned_ablations_are_the_full_sweeps_values_on_the_candidates(lm: Loade
     for m in ("zero_ablation", "resample_ablation"):
         a = f[f.method == m].set_index(["example_id", "head_layer", "head"]).value
         b = p[p.method == m].set_index(["example_id", "head_layer", "head"]).value
-        assert len(b) == 3 * k  # k heads per example
+        assert set(b.index) == want  # the candidates, and only they
+        assert 3 * k <= len(b) <= 3 * (k + cfg.candidates_direct) < 3 * n_up
         np.testing.assert_allclose(b.to_numpy(), a.reindex(b.index).to_numpy(), atol=1e-7)
     labels = label_examples(pruned, ex, cfg)
     lab = labels.to_pandas()
-    assert lab.candidate.sum() == 3 * k and len(lab) == 3 * n_up
+    assert lab.candidate.sum() == len(want) and len(lab) == 3 * n_up
     assert not lab[~lab.candidate].active.any()

@@ -270,9 +270,15 @@ def test_every_attribution_method_and_why_run_on_cuda(tiny_dirs: dict[str, Path]
 
     lm = load_model(tiny_dirs[fam], device="cpu")
     ex = examples(lm, 1)
-    # small activations: the candidate share's floor admits heads beyond the top 3
+    # small activations: the candidate share's floor admits heads beyond the top 2 + 1
     ex = ex.append_column("trimmed_activation", pa.array([1e-3] * ex.num_rows))
-    cfg = AttributeConfig(methods=METHODS, candidates=3, label_method="zero_ablation")
+    cfg = AttributeConfig(
+        methods=METHODS,
+        candidates=2,
+        label_method="zero_ablation",
+        candidate_share=0.5,
+        sweep_heads=0,
+    )
     want = attribute_examples(lm, ex, cfg), explain_prediction(lm, TEXTS[0], WhyConfig())
     with fake_cuda(lm.hf):
         got = attribute_examples(lm, ex, cfg), explain_prediction(lm, TEXTS[0], WhyConfig())
@@ -280,7 +286,9 @@ def test_every_attribution_method_and_why_run_on_cuda(tiny_dirs: dict[str, Path]
     assert got[1].to_dict() == want[1].to_dict()
     ablated = want[0].column("method").to_pylist().count("zero_ablation")
     n_up = len(upstream_layers(lm, 1)) * lm.n_heads
-    assert 3 * 3 < ablated < 3 * n_up, (ablated, n_up)  # beyond the top 3, not every head
+    top = attribute_examples(lm, ex, dataclasses.replace(cfg, candidate_share=0))
+    base = top.column("method").to_pylist().count("zero_ablation")  # the top 2 + 1 only
+    assert base < ablated < 3 * n_up, (base, ablated, n_up)  # the floor added, not every head
 
 
 def test_cuda_asked_for_without_cuda_is_one_line_and_nothing_written(

@@ -152,7 +152,7 @@ def test_plan_cli_prints_every_stage_of_the_8b_config(llama3: Path) -> None:
     for stage in STAGES:
         assert stage in out.stdout
     assert "8.03B parameters" in out.stdout
-    assert "16 candidate heads" in out.stdout and "--candidates 0" in out.stdout
+    assert "6+3 candidate heads" in out.stdout and "--candidates 0" in out.stdout
 
 
 def test_plan_cli_json_parses(llama3: Path) -> None:

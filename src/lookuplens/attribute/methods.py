@@ -25,26 +25,28 @@ __all__ = ["Attributor", "candidate_heads", "head_means"]
 
 
 def candidate_heads(
-    direct: Tensor, patching: Tensor, k: int, floor: Tensor | None = None
+    direct: Tensor,
+    patching: Tensor,
+    k: int,
+    floor: Tensor | None = None,
+    k_direct: int | None = None,
 ) -> Tensor:
-    """``[B, n]`` mask of the `k` heads per example that the cheap methods rank highest: a
-    head's rank is the better of its ranks by ``direct`` and by ``attribution_patching``
-    (both largest first), ties broken by ``direct``; and, given ``floor`` ``[B]``, every
-    head whose ``attribution_patching`` estimate reaches its example's floor."""
+    """``[B, n]`` mask of the heads to ablate per example: the `k` that
+    ``attribution_patching`` ranks highest (the linear estimate of the zero-ablation
+    effect), the `k_direct` (default: half of `k`, rounded up) that ``direct`` ranks
+    highest (it catches heads whose effect the linear estimate misses where the
+    activation saturates), ties broken by the lower head index; and, given ``floor``
+    ``[B]``, every head whose ``attribution_patching`` estimate reaches its example's
+    floor."""
 
-    def ranks(v: Tensor) -> Tensor:
-        order = torch.argsort(v, dim=1, descending=True, stable=True)
-        r = torch.empty_like(order)
-        r.scatter_(
-            1, order, torch.arange(v.shape[1], device=v.device).expand_as(order).contiguous()
-        )
-        return r
+    def top(v: Tensor, n: int) -> Tensor:
+        mask = torch.zeros_like(v, dtype=torch.bool)
+        if n > 0:
+            keep = torch.argsort(v, dim=1, descending=True, stable=True)[:, :n]
+            mask.scatter_(1, keep, True)
+        return mask
 
-    rd, rp = ranks(direct), ranks(patching)
-    best = torch.minimum(rd, rp) * direct.shape[1] + rd  # the better rank, then direct's
-    keep = torch.argsort(best, dim=1, stable=True)[:, :k]
-    mask = torch.zeros_like(direct, dtype=torch.bool)
-    mask.scatter_(1, keep, True)
+    mask = top(patching, k) | top(direct, (k + 1) // 2 if k_direct is None else k_direct)
     if floor is not None:
         mask |= patching >= floor.to(patching.dtype)[:, None]
     return mask
@@ -130,7 +132,7 @@ class Attributor:
         z_last = {l_: zs[l_][rows, b.pos].double() for l_ in ups}  # [B, H, dh]
         w_in = lm.W_in(L)[b.neurons].detach()  # [B, d]
         ablations = [m for m in ABLATIONS if m in methods]
-        prune = bool(ablations) and 0 < cfg.candidates < len(ups) * H
+        prune = cfg.prunes(len(ups) * H)
         if "direct" in methods or prune:
             w_eff, _ = frozen_norm_direction(lm, L, x, w_in)
             out["direct"] = torch.cat(
@@ -169,7 +171,9 @@ class Attributor:
                 drive = patching.clamp(min=0).sum(dim=1).cpu().numpy()
                 least = active_floor(cfg, b.reference, drive)  # the rule on the estimates
                 floor = cfg.candidate_share * torch.from_numpy(least).to(patching.device)
-            chosen = candidate_heads(out["direct"], patching, cfg.candidates, floor)
+            chosen = candidate_heads(
+                out["direct"], patching, cfg.candidates, floor, cfg.candidates_direct
+            )
         for method in ablations:
             out[method] = self._ablate(b, calls, zs, post, ups, method, chosen)
         return {m: out[m] for m in cfg.methods}

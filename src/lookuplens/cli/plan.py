@@ -60,7 +60,7 @@ def plan_command():  # type: ignore[no-untyped-def]
         k: KOpt = 30,
         batch_tokens: BatchTokOpt = 16384,
         methods: MethodsOpt = "direct,raw,zero_ablation,attribution_patching,path_patching",
-        candidates: CandidatesOpt = 16,
+        candidates: CandidatesOpt = 6,
         preset: PresetOpt = "",
         config: ConfigOpt = "",
         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,

@@ -115,9 +115,11 @@ LabelRuleOpt = Annotated[
 CandidatesOpt = Annotated[
     int,
     typer.Option(
-        help="Exact ablations only on the K upstream heads per prompt that direct attribution "
-        "and attribution patching rank highest (and those --candidate-share admits); the "
-        "others are labelled inactive. 0: every head (the cost grows with the heads, not K)."
+        help="Exact ablations only on the K upstream heads per prompt that attribution "
+        "patching ranks highest, the K/2 that direct attribution ranks highest, and those "
+        "--candidate-share admits; the others are labelled inactive. 0: every head (the "
+        "cost grows with the heads, not K). Layers with at most 32 upstream heads are "
+        "never pruned."
     ),
 ]
 CandidateShareOpt = Annotated[
@@ -195,8 +197,8 @@ def stage_command(until: str | None, help_text: str):  # type: ignore[no-untyped
         preset: PresetOpt = "",
         methods: MethodsOpt = "direct,raw,zero_ablation,attribution_patching,path_patching",
         label_rule: LabelRuleOpt = "ablation_share",
-        candidates: CandidatesOpt = 16,
-        candidate_share: CandidateShareOpt = 0.5,
+        candidates: CandidatesOpt = 6,
+        candidate_share: CandidateShareOpt = 0.9,
         backend: BackendOpt = "local",
         ray_address: RayAddressOpt = "",
         workers: WorkersOpt = 0,

@@ -257,7 +257,8 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
         batches_total += batches
         tokens = e * lp * PROMPT_PADDING
         w.passes.append(Pass("recorded forward", batches, e, tokens, lp, layer + 1, fp32=True))
-        prune = bool(ablations) and 0 < a.candidates < u
+        prune = a.prunes(u)
+        n_cand = min(a.candidates + a.candidates_direct, u)  # the share adds more
         pruned_any |= prune
         if "attribution_patching" in methods or prune:
             w.passes.append(
@@ -274,7 +275,7 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
             )
         if ups:
             depth = sum(layer - j + 1 for j in range(ups)) / ups
-            rows = e * (a.candidates if prune else u)
+            rows = e * (n_cand if prune else u)
             for m in ablations:
                 w.passes.append(
                     Pass(
@@ -291,7 +292,7 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
         w.flops_extra += (
             e * u * (2.0 * dh * d) * sum(m in methods for m in ("direct", "raw", "path_patching"))
         )
-        kept_abl = min(a.candidates, u) if prune else u
+        kept_abl = n_cand if prune else u
         attributions += e * (u * len(cheap) + kept_abl * len(ablations))
         labels += e * u
         pairs += layout.tracked(i) * u
@@ -316,7 +317,7 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
     ]
     b = a.batch_examples
     up_max = max(layout.upstream, default=0)
-    rows_abl = b * (a.candidates if pruned_any else h)
+    rows_abl = b * ((a.candidates + a.candidates_direct) if pruned_any else h)
     per_row = lp * (3 * shape.d_mlp + 8 * d) * 4.0
     grad = b * lp * (layout.last_layer + 1) * (12 * d + 4 * shape.d_mlp) * 4.0
     recorded = b * lp * d * (layout.last_layer + 1) * 4.0 + b * lp * up_max * h * dh * 4.0
@@ -325,8 +326,8 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
         layout.examples(i) * layout.up_heads(i) for i in range(len(layout.layers))
     ) / max(layout.n_examples, 1)
     k_text = (
-        f"{a.candidates} candidate heads each (pruned from ~{n_up:,.0f} upstream; "
-        "more where --candidate-share admits them, not counted here)"
+        f"{a.candidates}+{a.candidates_direct} candidate heads each (pruned from "
+        f"~{n_up:,.0f} upstream; more where --candidate-share admits them, not counted here)"
         if pruned_any
         else f"~{n_up:,.0f} upstream heads each (no pruning)"
     )
