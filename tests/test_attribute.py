@@ -302,7 +302,14 @@ def test_candidate_heads_are_the_top_k_by_patching_and_half_as_many_by_direct() 
     direct = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     patching = torch.tensor([[0.0, 0.1, 0.2, 0.3, 9.0, 0.4]])
     # patching ranks heads 4, 5, 3, ...; direct ranks 0, 1, 2, ...
-    assert candidate_heads(direct, patching, 3)[0].nonzero().flatten().tolist() == [0, 1, 3, 4, 5]
+    half = AttributeConfig(candidates=3).candidates_direct  # half of 3, rounded up: 2
+    assert candidate_heads(direct, patching, 3, half)[0].nonzero().flatten().tolist() == [
+        0,
+        1,
+        3,
+        4,
+        5,
+    ]
     # k_direct given: the top 3 by patching and the top 1 by direct
     assert candidate_heads(direct, patching, 3, k_direct=1)[0].nonzero().flatten().tolist() == [
         0,
@@ -312,7 +319,7 @@ def test_candidate_heads_are_the_top_k_by_patching_and_half_as_many_by_direct() 
     ]
     # the floor adds every head whose estimate reaches it
     floor = torch.tensor([0.2])
-    got = candidate_heads(direct, patching, 1, floor, k_direct=0)[0].nonzero().flatten()
+    got = candidate_heads(direct, patching, 1, 0, floor)[0].nonzero().flatten()
     assert got.tolist() == [2, 3, 4, 5]
 
 

@@ -104,13 +104,19 @@ class AttributeConfig:
         7% of the active heads at 8 candidates)."""
         return (self.candidates + 1) // 2
 
+    @property
+    def candidates_ranked(self) -> int:
+        """Heads per example the two rankings pick at most (`candidates` plus
+        `candidates_direct`; the two may overlap, the share adds more)."""
+        return self.candidates + self.candidates_direct
+
     def prunes(self, n_upstream: int) -> bool:
         """Whether a neuron layer with `n_upstream` upstream heads is pruned (with an
         ablation method among the `methods`)."""
         return (
             any(m in ABLATIONS for m in self.methods)
             and 0 < self.candidates
-            and n_upstream > max(self.sweep_heads, self.candidates + self.candidates_direct)
+            and n_upstream > max(self.sweep_heads, self.candidates_ranked)
         )
 
     def __post_init__(self) -> None:

@@ -25,19 +25,13 @@ __all__ = ["Attributor", "candidate_heads", "head_means"]
 
 
 def candidate_heads(
-    direct: Tensor,
-    patching: Tensor,
-    k: int,
-    floor: Tensor | None = None,
-    k_direct: int | None = None,
+    direct: Tensor, patching: Tensor, k: int, k_direct: int, floor: Tensor | None = None
 ) -> Tensor:
     """``[B, n]`` mask of the heads to ablate per example: the `k` that
     ``attribution_patching`` ranks highest (the linear estimate of the zero-ablation
-    effect), the `k_direct` (default: half of `k`, rounded up) that ``direct`` ranks
-    highest (it catches heads whose effect the linear estimate misses where the
-    activation saturates), ties broken by the lower head index; and, given ``floor``
-    ``[B]``, every head whose ``attribution_patching`` estimate reaches its example's
-    floor."""
+    effect), the `k_direct` (`AttributeConfig.candidates_direct`) that ``direct`` ranks
+    highest, ties broken by the lower head index; and, given ``floor`` ``[B]``, every head
+    whose ``attribution_patching`` estimate reaches its example's floor."""
 
     def top(v: Tensor, n: int) -> Tensor:
         mask = torch.zeros_like(v, dtype=torch.bool)
@@ -46,7 +40,7 @@ def candidate_heads(
             mask.scatter_(1, keep, True)
         return mask
 
-    mask = top(patching, k) | top(direct, (k + 1) // 2 if k_direct is None else k_direct)
+    mask = top(patching, k) | top(direct, k_direct)
     if floor is not None:
         mask |= patching >= floor.to(patching.dtype)[:, None]
     return mask
@@ -172,7 +166,7 @@ class Attributor:
                 least = active_floor(cfg, b.reference, drive)  # the rule on the estimates
                 floor = cfg.candidate_share * torch.from_numpy(least).to(patching.device)
             chosen = candidate_heads(
-                out["direct"], patching, cfg.candidates, floor, cfg.candidates_direct
+                out["direct"], patching, cfg.candidates, cfg.candidates_direct, floor
             )
         for method in ablations:
             out[method] = self._ablate(b, calls, zs, post, ups, method, chosen)

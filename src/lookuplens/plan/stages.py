@@ -258,7 +258,7 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
         tokens = e * lp * PROMPT_PADDING
         w.passes.append(Pass("recorded forward", batches, e, tokens, lp, layer + 1, fp32=True))
         prune = a.prunes(u)
-        n_cand = min(a.candidates + a.candidates_direct, u)  # the share adds more
+        n_cand = min(a.candidates_ranked, u)  # the share adds more
         pruned_any |= prune
         if "attribution_patching" in methods or prune:
             w.passes.append(
@@ -317,7 +317,7 @@ def attribute_work(cfg: RunConfig, shape: ModelShape, layout: Layout) -> StageWo
     ]
     b = a.batch_examples
     up_max = max(layout.upstream, default=0)
-    rows_abl = b * ((a.candidates + a.candidates_direct) if pruned_any else h)
+    rows_abl = b * (a.candidates_ranked if pruned_any else h)
     per_row = lp * (3 * shape.d_mlp + 8 * d) * 4.0
     grad = b * lp * (layout.last_layer + 1) * (12 * d + 4 * shape.d_mlp) * 4.0
     recorded = b * lp * d * (layout.last_layer + 1) * 4.0 + b * lp * up_max * h * dh * 4.0
