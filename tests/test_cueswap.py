@@ -199,3 +199,35 @@ def test_the_head_screen_patches_only_the_heads_it_ranks_highest(lm: LoadedModel
     merged = heads.merge(full[full.intervention == "head_source_swap"], on=cols)
     assert len(merged) == len(heads)
     assert (merged.delta_activation_x - merged.delta_activation_y).abs().max() < 1e-5
+
+
+def test_the_screen_adds_the_positions_the_readers_attend_to_most(lm: LoadedModel) -> None:
+    """With `attended`, each row's candidates hold, besides the gradient screen's, the
+    swappable position each reader head attends to most from the last token (by hand:
+    `last_token_attention`), whatever its first-order estimate."""
+    from lookuplens import cueswap
+    from lookuplens.examples.reads import last_token_attention
+    from lookuplens.interventions import Row
+
+    layer, readers = 1, [(0, 1), (1, 0)]
+    prompts = [lm.to_tokens(t)[0].tolist() for t in TOP]
+    n = _strongest_neuron(lm, prompts, layer)
+    rows = [Row(i, layer, n, p, 17) for i, p in enumerate(prompts)]
+    slots = SlotIndex(prompts, skip=lm.tokenizer.all_special_ids)
+    cfg = cueswap.SwapSettings(4, 1, 0.2, 1, 2, 0, 8, attended=True)
+    clean = cueswap._clean_grads(lm, rows, layer, False, [readers] * len(rows))
+    got = cueswap._screen(lm, rows, clean, slots, cfg, [readers] * len(rows))
+    plain = cueswap._screen(lm, rows, clean, slots, cfg)
+    assert all(c.estimate < 0 for c in plain) and len(plain) <= len(rows) < len(got)
+    for i, toks in enumerate(prompts):
+        mine = {c.position for c in got if c.row is rows[i]}
+        swappable = [
+            s
+            for s in range(1, len(toks) - cfg.skip_last)
+            if slots.fillers(toks[s - 1], toks[s + 1], toks[s], cfg.fillers)
+        ]
+        want = {c.position for c in plain if c.row is rows[i]}
+        for hl, h in readers:
+            att = last_token_attention(lm, [toks], hl, h)[0]
+            want.add(max(swappable, key=lambda s: (att[s], -s)))
+        assert mine == want

@@ -365,3 +365,52 @@ def test_silent_limit_is_a_share_of_the_median_top_activation_never_below_zero()
     assert silent_limit(0.2, np.array([4.0, 6.0])) == pytest.approx(1.0)
     # a neuron whose top prompts do not fire on median: only a non-positive value is silent
     assert silent_limit(0.2, [-1.0, -0.5, 0.3]) == 0.0
+
+
+def brute_force_on_token(
+    lm: LoadedModel, spec: CorpusSpec, tokens: list[int], k: int, n_on: int, fraction: float
+) -> dict:
+    """The documented on-token rule, one document at a time: per document the strongest
+    position whose next token is the neuron's, top firings left out, above the floor."""
+    top = brute_force(lm, spec, k, True)
+    cands: dict[tuple[int, int], list] = {nk: [] for nk in NEURONS}
+    names = [hook_name(layer, "mlp.hook_post") for layer in range(lm.n_layers)]
+    for d in iter_tokenized(spec, lm.tokenizer, lm.max_context):
+        _, cache = lm.run_with_cache(torch.from_numpy(np.array([d.tokens])), names)
+        for (layer, n), tok in zip(NEURONS, tokens, strict=True):
+            a = cache[names[layer]][0, :, n].double().numpy()
+            at = [p for p in range(len(d.tokens) - 1) if d.tokens[p + 1] == tok]
+            if at:
+                p = max(at, key=lambda q: (a[q], -q))
+                cands[(layer, n)].append((-a[p], d.doc_id, p))
+    out = {}
+    for nk, c in cands.items():
+        have = {(d, p) for _, d, p in top[nk]}
+        floor = fraction * float(np.median([-v for v, _, _ in top[nk]]))
+        keep = [x for x in sorted(c) if (x[1], x[2]) not in have and -x[0] >= floor and -x[0] > 0]
+        out[nk] = keep[:n_on]
+    return out
+
+
+@pytest.mark.parametrize("shard_docs", [9, 1000])
+def test_on_token_firings_equal_brute_force(
+    lm: LoadedModel, corpus: CorpusSpec, shard_docs: int
+) -> None:
+    words = [" owl", " apple", " market", " the", " tree"]
+    tokens = [lm.tokenizer.encode(w)[-1] for w in words]
+    cfg = ScanConfig(k=6, on_token=4, on_token_fraction=0.3, shard_docs=shard_docs)
+    res = scan_corpus(lm, NEURONS, corpus, cfg, tokens=tokens)
+    df = res.topk.to_pandas()
+    expected = brute_force_on_token(lm, corpus, tokens, 6, 4, 0.3)
+    assert sum(len(v) for v in expected.values()) >= 5  # the test has something to check
+    for (layer, n), exp in expected.items():
+        got = df[(df.layer == layer) & (df.neuron == n)].sort_values("rank")
+        assert list(got["rank"]) == list(range(6 + len(exp)))
+        assert list(got.on_token) == [False] * 6 + [True] * len(exp)
+        on = got[got.on_token]
+        assert list(zip(on.doc_id, on.position, strict=True)) == [(d, p) for _, d, p in exp]
+        np.testing.assert_allclose(on.activation, [-v for v, _, _ in exp], atol=1e-5)
+    # without tokens (or with on_token 0) the table is the plain top k
+    plain = scan_corpus(lm, NEURONS, corpus, dataclasses.replace(cfg, on_token=0), tokens=tokens)
+    assert not plain.topk.column("on_token").to_pylist().count(True)
+    assert plain.topk.num_rows == 6 * len(NEURONS)

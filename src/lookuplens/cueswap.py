@@ -31,7 +31,7 @@ output from the swapped run). Both carry ``swap_position`` and ``swap_token_id``
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +110,9 @@ class SwapSettings:
     heads: int
     """Heads patched per cue: those with the largest first-order estimate; 0: every head."""
     batch_rows: int
+    attended: bool = False
+    """Also swap, per prompt, the position each of its neuron's `cue_swaps` ``readers``
+    attends to most from the firing token (whatever the first-order estimate says)."""
 
 
 @dataclass
@@ -125,6 +128,9 @@ class _Clean:
     """Per upstream layer ``[B, p, H, d_head]`` z of the clean run (as `grad_z`)."""
     activation: Tensor
     """``[B]`` the neuron's activation at the last position."""
+    attention: dict[int, Tensor]
+    """Per layer of the rows' readers ``[B, H, p]`` the attention from the last position
+    (only with `SwapSettings.attended`; else empty)."""
 
 
 def cue_swaps(
@@ -133,10 +139,13 @@ def cue_swaps(
     slots: SlotIndex,
     cfg: SwapSettings,
     on_done: Callable[[int, int], None] | None = None,
+    readers: Mapping[tuple[int, int], Sequence[tuple[int, int]]] | None = None,
 ) -> Iterator[tuple[Cue, tuple[int, int] | None, Tensor, float]]:
     """(cue, head or None, log-probs, activation) of every cue of every row: with head
     None the whole swap, else only that head's output patched in from the swapped run.
-    `on_done(rows done, rows)` reports progress."""
+    `readers` maps a (layer, neuron) to the heads whose most-attended position is also a
+    candidate (with `SwapSettings.attended`). `on_done(rows done, rows)` reports progress."""
+    readers = readers or {}
     by_layer: dict[int, list[Row]] = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
@@ -144,8 +153,9 @@ def cue_swaps(
     for layer, rs in sorted(by_layer.items()):
         for j in range(0, len(rs), cfg.batch_rows):
             part = rs[j : j + cfg.batch_rows]
-            clean = _clean_grads(lm, part, layer, with_z=cfg.heads > 0)
-            cands = _screen(lm, part, clean, slots, cfg)
+            read = [readers.get((r.layer, r.neuron), ()) if cfg.attended else () for r in part]
+            clean = _clean_grads(lm, part, layer, with_z=cfg.heads > 0, read=read)
+            cands = _screen(lm, part, clean, slots, cfg, read)
             _run_swaps(lm, cands, layer, cfg.batch_rows)
             cues = _strongest(cands, cfg)
             chosen = {id(c) for c in cues}
@@ -165,9 +175,16 @@ def cue_swaps(
                 on_done(done, len(rows))
 
 
-def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int, with_z: bool) -> _Clean:
+def _clean_grads(
+    lm: LoadedModel,
+    rows: list[Row],
+    layer: int,
+    with_z: bool,
+    read: Sequence[Sequence[tuple[int, int]]] = (),
+) -> _Clean:
     """One forward and backward pass of the clean prompts (see `_Clean`); the heads' ``z``
-    and its gradient only `with_z`."""
+    and its gradient only `with_z`; the attention from the last position of the layers of
+    the heads in `read` (one list per row)."""
     ids, mask = pad_right(lm, [r.tokens for r in rows])
     pos = mask.sum(1) - 1
     cols = torch.tensor([r.neuron for r in rows])
@@ -184,8 +201,18 @@ def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int, with_z: bool) -> 
     def grab(x: Tensor, _n: str) -> None:
         got["post"] = x
 
+    attention: dict[int, Tensor] = {}
+
+    def last_row(hl: int) -> HookFn:
+        def fn(x: Tensor, _n: str) -> None:
+            attention[hl] = x[torch.arange(len(rows)), :, pos].detach().double().cpu()
+
+        return fn
+
     hooks: list[tuple[str, HookFn]] = [(hook_name(0, "hook_resid_pre"), track)]
     hooks += [(hook_name(hl, "attn.hook_z"), _keep(zs, hl, detach=False)) for hl in layers]
+    read_layers = sorted({hl for heads in read for hl, _ in heads if hl <= layer})
+    hooks += [(hook_name(hl, "attn.hook_pattern"), last_row(hl)) for hl in read_layers]
     hooks.append((hook_name(layer, "mlp.hook_post"), grab))
     lm.run_with_cache(
         ids, [], attention_mask=mask, stop_after_layer=layer, extra_hooks=hooks, grad=True
@@ -201,14 +228,23 @@ def _clean_grads(lm: LoadedModel, rows: list[Row], layer: int, with_z: bool) -> 
         g_z,
         {hl: zs[hl].detach().double().cpu() for hl in layers},
         got["post"][torch.arange(len(rows)), pos, cols].detach().double().cpu(),
+        attention,
     )
 
 
 def _screen(
-    lm: LoadedModel, rows: list[Row], clean: _Clean, slots: SlotIndex, cfg: SwapSettings
+    lm: LoadedModel,
+    rows: list[Row],
+    clean: _Clean,
+    slots: SlotIndex,
+    cfg: SwapSettings,
+    read: Sequence[Sequence[tuple[int, int]]] = (),
 ) -> list[Cue]:
     """The candidate swaps of each row: the `cfg.screen` positions with the largest
-    estimated drop of the activation, each with the filler estimated to lower it most."""
+    estimated drop of the activation, each with the filler estimated to lower it most,
+    and the position each head of ``read[i]`` attends to most from the last token (the
+    first-order estimate misjudges a far-back word that a head reads: swapping one place
+    for another changes what the head moves, not the word's own gradient)."""
     w_e = lm.W_E.detach()
     bos = lm.bos_token_id
     out: list[Cue] = []
@@ -227,7 +263,19 @@ def _screen(
             cands.append((float(est[k]), s, fill[k]))
         cands.sort()
         act = float(clean.activation[i])
-        out += [Cue(r, s, f, e, act) for e, s, f in cands[: cfg.screen] if e < 0]
+        chosen = [(e, s, f) for e, s, f in cands[: cfg.screen] if e < 0]
+        taken = {s for _, s, _ in chosen}
+        by_pos = {s: (e, s, f) for e, s, f in cands}
+        for hl, h in read[i] if i < len(read) else ():
+            att = clean.attention.get(hl)
+            if att is None:
+                continue
+            # the most attended position among those that can be swapped
+            best = max(by_pos, key=lambda p: (float(att[i, h, p]), -p), default=None)
+            if best is not None and best not in taken:
+                chosen.append(by_pos[best])
+                taken.add(best)
+        out += [Cue(r, s, f, e, act) for e, s, f in chosen]
     return out
 
 

@@ -13,6 +13,13 @@ below `max_delta_logprob` (the look-up drives the prediction of the neuron's tok
 only the neuron). The cue is what the head carries: the words swapped out, most frequent
 first.
 
+The test runs on two sets of prompts apart, and a pair passes on either: the neuron's
+strongest firings, and its *on-token* prompts (``examples.on_token``: firings where the
+neuron's token came next, `lookuplens.scan`), where a neuron that fires hardest in some
+other context does the job its token names. Mixing them would let one set's median hide
+the other's look-up. ``prompts`` says which set the finding rests on (the strongest firings
+when both pass: the larger set, and the paper's).
+
 Each finding carries its evidence: how many prompts were swapped, the median share
 removed and change of log p(token), the share of prompts that pass, the zero-ablation KS
 statistic of the pair (when tested) and whether the 25-75% filter kept it. Written as
@@ -46,6 +53,7 @@ FINDINGS_SCHEMA = pa.schema(
         ("median_delta_logprob", pa.float64()),
         ("ks_stat", pa.float64()),
         ("kept", pa.bool_()),
+        ("prompts", pa.string()),
     ]
 )
 """Columns of ``findings.parquet``. ``cue``: up to five words the head reads, most
@@ -90,7 +98,13 @@ def find_findings(
     swap = eff[eff.intervention == "head_source_swap"]
     if swap.empty:
         return FINDINGS_SCHEMA.empty_table()
-    ex = examples.select(["example_id", "tokens", "trimmed_activation"]).to_pandas()
+    cols = ["example_id", "tokens", "trimmed_activation"]
+    if "on_token" in examples.column_names:
+        cols.append("on_token")
+    ex = examples.select(cols).to_pandas()
+    if "on_token" not in ex:
+        ex["on_token"] = False
+    ex["on_token"] = ex.on_token.fillna(False).astype(bool)
     swap = swap.merge(ex, on="example_id", how="left")
     act = swap.trimmed_activation.to_numpy(dtype=float)
     share = np.where(act > 0, -swap.delta_activation.to_numpy(dtype=float) / act, np.nan)
@@ -99,18 +113,17 @@ def find_findings(
     p = pairs.to_pandas().set_index(["layer", "neuron", "head_layer", "head"])
     rows: list[dict[str, Any]] = []
     keys = ["layer", "neuron", "head_layer", "head"]
-    for key, g in swap.groupby(keys, sort=True):
-        g = g[np.isfinite(g.share)]
-        # a prompt with several cues counts once, with the cue the head carries most of
-        g = g.sort_values(["example_id", "share"], ascending=[True, False])
-        g = g.drop_duplicates("example_id")
-        if len(g) < cfg.min_swaps:
+    for key, pair_rows in swap.groupby(keys, sort=True):
+        passed = []
+        for on_token, g in pair_rows.groupby("on_token", sort=True):
+            g = _one_per_prompt(g)
+            got = _test(g, cfg)
+            if got is not None:
+                passed.append((got[0], bool(on_token), g, got))
+        if not passed:
             continue
-        median = float(np.median(g.share))
-        frac = float((g.share >= cfg.min_share).mean())
-        dlp = float(np.median(g.delta_logprob))
-        if median < cfg.min_share or frac < cfg.min_fraction or dlp >= cfg.max_delta_logprob:
-            continue
+        # the strongest firings when both pass
+        _, on_token, g, (median, frac, dlp) = min(passed, key=lambda p: p[1])
         read = Counter(
             int(toks[int(pos)])
             for toks, pos in zip(g.tokens, g.swap_position, strict=True)
@@ -137,10 +150,32 @@ def find_findings(
                 "median_delta_logprob": dlp,
                 "ks_stat": ks,
                 "kept": bool(pair.kept) if pair is not None else False,
+                "prompts": "on_token" if on_token else "top",
             }
         )
     rows.sort(key=lambda r: (-r["median_share_removed"], r["layer"], r["neuron"]))
     return pa.Table.from_pylist(rows, schema=FINDINGS_SCHEMA)
+
+
+def _one_per_prompt(g: pd.DataFrame) -> pd.DataFrame:
+    """A prompt with several cues counts once, with the cue the head carries most of."""
+    g = g[np.isfinite(g.share)]
+    g = g.sort_values(["example_id", "share"], ascending=[True, False])
+    return g.drop_duplicates("example_id")
+
+
+def _test(g: pd.DataFrame, cfg: FindingsConfig) -> tuple[float, float, float] | None:
+    """(median share removed, share of prompts that lose `min_share`, median change of
+    log p) of one set of a pair's swapped prompts (one row per prompt) when they pass,
+    else None."""
+    if len(g) < cfg.min_swaps:
+        return None
+    median = float(np.median(g.share))
+    frac = float((g.share >= cfg.min_share).mean())
+    dlp = float(np.median(g.delta_logprob))
+    if median < cfg.min_share or frac < cfg.min_fraction or dlp >= cfg.max_delta_logprob:
+        return None
+    return median, frac, dlp
 
 
 def _unique(words: Iterable[str]) -> list[str]:

@@ -324,6 +324,16 @@ def find_neurons(
     return table
 
 
+def neuron_tokens(table: pa.Table, neurons: list[tuple[int, int]]) -> list[int]:
+    """The token each of `neurons` pushes: ``target_token_id`` (the token asked for with
+    ``tokens``) where the table has it, else its top token ``token_id``."""
+    df = table.to_pandas().set_index(["layer", "neuron"])
+    col = df.token_id
+    if "target_token_id" in df:
+        col = df.target_token_id.where(df.target_token_id.notna(), df.token_id)
+    return [int(col.loc[key]) for key in neurons]
+
+
 def tracked(table: pa.Table) -> list[tuple[int, int]]:
     """The (layer, neuron) pairs later stages follow: selected first, then baseline."""
     layer = table.column("layer").to_numpy()

@@ -31,7 +31,7 @@ from lookuplens.examples import build_examples
 from lookuplens.explain import explain_run, score_stage
 from lookuplens.findings import cue_token_ids, find_findings
 from lookuplens.model import LoadedModel, load_model
-from lookuplens.neurons import find_neurons, tracked
+from lookuplens.neurons import find_neurons, neuron_tokens, tracked
 from lookuplens.report import build_views, stored_scope, write_report
 from lookuplens.report.data import load_run
 from lookuplens.run_config import (
@@ -165,7 +165,9 @@ def _stage_neurons(ctx: Context) -> str:
 
 
 def _stage_scan(ctx: Context) -> str:
-    neurons = tracked(ctx.run.read_table("neurons"))
+    table = ctx.run.read_table("neurons")
+    neurons = tracked(table)
+    tokens = neuron_tokens(table, neurons)
     ctx.reporter.start("scan", None, "docs")
 
     def progress(p: ScanProgress) -> None:
@@ -185,6 +187,7 @@ def _stage_scan(ctx: Context) -> str:
             dtype=ctx.cfg.dtype,
             shards=ctx.run.shards("scan"),
             on_progress=progress,
+            tokens=tokens,
         )
     else:
         result = scan_corpus(
@@ -194,6 +197,7 @@ def _stage_scan(ctx: Context) -> str:
             ctx.cfg.scan,
             shards=ctx.run.shards("scan"),
             on_progress=progress,
+            tokens=tokens,
         )
     ctx.run.write_table("firings", result.topk)
     ctx.run.write_table("activation_stats", result.stats)

@@ -132,7 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         # Neo, Cohen & Barez (2024), see shared/PAPER.md
         "neurons": {"top_n": 20, "token_filter": "paper", "congruence": "folded"},
-        "scan": {"k": 30, "one_per_doc": True},  # top 30 documents per neuron
+        "scan": {"k": 30, "one_per_doc": True, "on_token": 0},  # top 30 documents per neuron
         "examples": {
             "keep_fraction": 0.8,  # trim while the activation stays >= 0.8x
             "max_prompt_tokens": 100,  # prompts of 100 tokens or more dropped

@@ -6,6 +6,14 @@ output coefficient), by default one entry per document (its maximum over positio
 in the paper), plus activation statistics over every token (mean, std, fraction
 positive, max).
 
+Next-token neurons also keep their *on-token* firings (``ScanConfig.on_token``): the
+strongest firings, again one per document, at positions where the neuron's own token comes
+next, where the neuron does the job its token names. A neuron that fires hardest in
+another context ("Before" for a " books" neuron) would otherwise show none of them, and
+the look-up that decides its token there would go unseen. They are added after the top k
+(``on_token`` true, ranks from k on) when they reach ``on_token_fraction`` of the
+neuron's median top activation and are not top firings already.
+
 Ties are broken deterministically: a larger activation first, then the earlier document,
 then the earlier position. The forward pass stops after the last layer that holds a
 tracked neuron; the final norm and the LM head are never computed.
@@ -38,8 +46,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 from torch import Tensor
@@ -73,6 +83,12 @@ class ScanConfig:
     """Padded tokens per forward batch (rows times the longest row)."""
     shard_docs: int = 256
     """Documents per shard; an interrupted scan resumes at a shard boundary."""
+    on_token: int = 6
+    """On-token firings kept per neuron besides the top k: its strongest where its token
+    comes next (see the module docstring); 0: none (the paper)."""
+    on_token_fraction: float = 0.5
+    """An on-token firing is kept when it reaches this share of the neuron's median top
+    activation (a neuron that is silent where its token comes has nothing to show there)."""
 
     bound_heap: bool = True
     """On glibc, serve allocations of 1 MiB or more with ``mmap`` while the scan runs, so
@@ -86,6 +102,10 @@ class ScanConfig:
             raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
         if self.shard_docs < 1:
             raise ValueError(f"shard_docs must be positive, got {self.shard_docs}")
+        if self.on_token < 0:
+            raise ValueError(f"on_token must be 0 or more, got {self.on_token}")
+        if not 0 <= self.on_token_fraction:
+            raise ValueError(f"on_token_fraction must be 0 or more, got {self.on_token_fraction}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,8 @@ class ScanResult:
     """The merged top-k table, the per-neuron statistics, and what was scanned."""
 
     topk: pa.Table
-    """layer, neuron, rank (0 = strongest), doc_id, position, activation."""
+    """layer, neuron, rank (0 = strongest), doc_id, position, activation, on_token (the
+    on-token firings, ranked from k on)."""
     stats: pa.Table
     """layer, neuron, act_mean, act_std, act_frac_pos, act_max, n_tokens."""
     corpus: CorpusFingerprint
@@ -148,20 +169,32 @@ class _Stats:
             self.max = np.maximum(self.max, a.max(0).values.numpy())
 
 
-def _shard_table(neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats) -> pa.Table:
+def _candidates(neurons: Sequence[tuple[int, int]], top: _TopK, kind: str) -> dict[str, Any]:
     n, k = top.val.shape
     idx = np.repeat(np.arange(n), k)
     layer = np.array([a for a, _ in neurons], dtype=np.int64)
     neuron = np.array([b for _, b in neurons], dtype=np.int64)
     valid = np.isfinite(top.val.reshape(-1))
-    cand = {
-        "kind": ["top"] * int(valid.sum()),
+    return {
+        "kind": [kind] * int(valid.sum()),
         "layer": layer[idx][valid],
         "neuron": neuron[idx][valid],
         "doc_id": top.doc.reshape(-1)[valid],
         "position": top.pos.reshape(-1)[valid],
         "activation": top.val.reshape(-1)[valid],
     }
+
+
+def _shard_table(
+    neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats, on: _TopK | None = None
+) -> pa.Table:
+    n = len(neurons)
+    layer = np.array([a for a, _ in neurons], dtype=np.int64)
+    neuron = np.array([b for _, b in neurons], dtype=np.int64)
+    cand = _candidates(neurons, top, "top")
+    if on is not None:
+        more = _candidates(neurons, on, "on_token")
+        cand = {key: np.concatenate([np.asarray(cand[key]), np.asarray(more[key])]) for key in cand}
     st = {
         "kind": ["stats"] * n,
         "layer": layer,
@@ -170,7 +203,7 @@ def _shard_table(neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats) 
         "position": np.full(n, -1, dtype=np.int64),
         "activation": stats.max,
     }
-    t1 = pa.table(cand)
+    t1 = pa.table({**cand, "kind": pa.array(list(cand["kind"]), pa.string())})
     t2 = pa.table(st)
     t1 = t1.append_column("s_sum", pa.nulls(t1.num_rows, pa.float64()))
     t1 = t1.append_column("s_sumsq", pa.nulls(t1.num_rows, pa.float64()))
@@ -183,29 +216,45 @@ def _shard_table(neurons: Sequence[tuple[int, int]], top: _TopK, stats: _Stats) 
     return pa.concat_tables([t1, t2])
 
 
+def _fill(top: _TopK, tops: pd.DataFrame, index: dict[tuple[int, int], int], n: int) -> None:
+    """Add one shard's candidates of one kind to `top`."""
+    if not len(tops):
+        return
+    # each neuron's candidates in (doc, position) order, as _TopK.add expects
+    tops = tops.sort_values(["doc_id", "position"], kind="stable")
+    rows = np.array([index[(a, b)] for a, b in zip(tops.layer, tops.neuron, strict=True)])
+    m = int(np.bincount(rows, minlength=n).max())
+    val = np.full((n, m), -np.inf)
+    doc = np.zeros((n, m), dtype=np.int64)
+    pos = np.zeros((n, m), dtype=np.int64)
+    fill = np.zeros(n, dtype=np.int64)
+    for r, d, p, v in zip(rows, tops.doc_id, tops.position, tops.activation, strict=True):
+        val[r, fill[r]], doc[r, fill[r]], pos[r, fill[r]] = v, d, p
+        fill[r] += 1
+    top.add(val, doc, pos)
+
+
 def merge_shards(
-    neurons: Sequence[tuple[int, int]], shards: list[pa.Table], k: int
+    neurons: Sequence[tuple[int, int]],
+    shards: list[pa.Table],
+    k: int,
+    on_token: int = 0,
+    on_token_fraction: float = 0.5,
 ) -> tuple[pa.Table, pa.Table]:
+    """The top-k table and the statistics from shard results, in shard order; with
+    `on_token`, each neuron's on-token firings follow its top k (see the module
+    docstring)."""
     n = len(neurons)
     index = {nk: i for i, nk in enumerate(neurons)}
     top = _TopK(n, k)
+    # k more than kept: an on-token firing that is a top firing too is left out
+    on = _TopK(n, on_token + k)
     stats = _Stats(n)
     for t in shards:
         df = t.to_pandas()
-        tops = df[df.kind == "top"]
-        if len(tops):
-            # each neuron's candidates in (doc, position) order, as _TopK.add expects
-            tops = tops.sort_values(["doc_id", "position"], kind="stable")
-            rows = np.array([index[(a, b)] for a, b in zip(tops.layer, tops.neuron, strict=True)])
-            m = int(np.bincount(rows, minlength=n).max())
-            val = np.full((n, m), -np.inf)
-            doc = np.zeros((n, m), dtype=np.int64)
-            pos = np.zeros((n, m), dtype=np.int64)
-            fill = np.zeros(n, dtype=np.int64)
-            for r, d, p, v in zip(rows, tops.doc_id, tops.position, tops.activation, strict=True):
-                val[r, fill[r]], doc[r, fill[r]], pos[r, fill[r]] = v, d, p
-                fill[r] += 1
-            top.add(val, doc, pos)
+        _fill(top, df[df.kind == "top"], index, n)
+        if on_token:
+            _fill(on, df[df.kind == "on_token"], index, n)
         st = df[df.kind == "stats"]
         rows = np.array([index[(a, b)] for a, b in zip(st.layer, st.neuron, strict=True)])
         stats.sum[rows] += st.s_sum.to_numpy()
@@ -213,26 +262,51 @@ def merge_shards(
         stats.pos[rows] += st.s_pos.to_numpy().astype(np.int64)
         stats.count[rows] += st.s_count.to_numpy().astype(np.int64)
         stats.max[rows] = np.maximum(stats.max[rows], st.activation.to_numpy())
-    layer = np.array([a for a, _ in neurons], dtype=np.int64)
-    neuron = np.array([b for _, b in neurons], dtype=np.int64)
-    kk = top.val.shape[1]
-    valid = np.isfinite(top.val).reshape(-1)
+    cols: dict[str, list[Any]] = {
+        key: [] for key in ("layer", "neuron", "rank", "doc_id", "position", "activation")
+    }
+    flag: list[bool] = []
+    for i, (layer, neuron) in enumerate(neurons):
+        ok = np.isfinite(top.val[i])
+        vals = top.val[i][ok]
+        picked = [(d, p, v) for d, p, v in zip(top.doc[i][ok], top.pos[i][ok], vals, strict=True)]
+        n_top = len(picked)
+        if on_token and n_top:
+            floor = on_token_fraction * float(np.median(vals))
+            have = {(d, p) for d, p, _ in picked}
+            extra = [
+                (d, p, v)
+                for d, p, v in zip(on.doc[i], on.pos[i], on.val[i], strict=True)
+                if np.isfinite(v) and v >= floor and v > 0 and (d, p) not in have
+            ]
+            picked += extra[:on_token]
+        for r, (d, p, v) in enumerate(picked):
+            cols["layer"].append(layer)
+            cols["neuron"].append(neuron)
+            cols["rank"].append(r)
+            cols["doc_id"].append(int(d))
+            cols["position"].append(int(p))
+            cols["activation"].append(float(v))
+            flag.append(r >= n_top)
     topk = pa.table(
         {
-            "layer": np.repeat(layer, kk)[valid],
-            "neuron": np.repeat(neuron, kk)[valid],
-            "rank": np.tile(np.arange(kk, dtype=np.int64), n)[valid],
-            "doc_id": top.doc.reshape(-1)[valid],
-            "position": top.pos.reshape(-1)[valid],
-            "activation": top.val.reshape(-1)[valid],
+            "layer": pa.array(cols["layer"], pa.int64()),
+            "neuron": pa.array(cols["neuron"], pa.int64()),
+            "rank": pa.array(cols["rank"], pa.int64()),
+            "doc_id": pa.array(cols["doc_id"], pa.int64()),
+            "position": pa.array(cols["position"], pa.int64()),
+            "activation": pa.array(cols["activation"], pa.float64()),
+            "on_token": pa.array(flag, pa.bool_()),
         }
     )
+    layer_a = np.array([a for a, _ in neurons], dtype=np.int64)
+    neuron_a = np.array([b for _, b in neurons], dtype=np.int64)
     count = np.maximum(stats.count, 1)
     mean = stats.sum / count
     stats_t = pa.table(
         {
-            "layer": layer,
-            "neuron": neuron,
+            "layer": layer_a,
+            "neuron": neuron_a,
             "act_mean": mean,
             "act_std": np.sqrt(np.maximum(stats.sumsq / count - mean**2, 0.0)),
             "act_frac_pos": stats.pos / count,
@@ -246,9 +320,18 @@ def merge_shards(
 class NeuronReader:
     """Hooks that gather tracked neurons' activations during a forward pass."""
 
-    def __init__(self, lm: LoadedModel, neurons: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        neurons: Sequence[tuple[int, int]],
+        tokens: Sequence[int] | None = None,
+    ) -> None:
         self.lm = lm
         self.neurons = list(neurons)
+        self.tokens = None if tokens is None else torch.tensor([int(t) for t in tokens])
+        """Each neuron's token (for its on-token firings), or None."""
+        if self.tokens is not None and len(self.tokens) != len(self.neurons):
+            raise ValueError("one token per neuron")
         layers = sorted({a for a, _ in neurons})
         self.last_layer = max(layers)
         self.cols: dict[int, tuple[Tensor, Tensor]] = {}
@@ -294,6 +377,8 @@ def scan_shard(
     """
     n = len(reader.neurons)
     top = _TopK(n, cfg.k)
+    # enough to stay exact after the top firings are left out (`merge_shards`)
+    on = _TopK(n, cfg.on_token + cfg.k) if cfg.on_token and reader.tokens is not None else None
     stats = _Stats(n)
     for batch in make_batches(chunk, cfg.batch_tokens, pad):
         acts = reader.run(batch.input_ids, batch.attention_mask)
@@ -301,23 +386,34 @@ def scan_shard(
         stats.add(acts, valid)
         masked = acts.masked_fill(~valid[:, :, None], -torch.inf).double()
         doc_ids = np.array(batch.doc_ids, dtype=np.int64)
-        if cfg.one_per_doc:
-            v, p = masked.max(dim=1)  # [b, n]
-            top.add(
-                v.T.numpy(),
-                np.broadcast_to(doc_ids, (n, len(doc_ids))).copy(),
-                p.T.numpy().astype(np.int64),
-            )
-        else:
-            b, p_len = masked.shape[:2]
-            flat = masked.reshape(b * p_len, n).T.numpy()  # rows in (doc, pos) order
-            kk = min(cfg.k, flat.shape[1])
-            part = np.argpartition(-flat, kk - 1, axis=1)[:, :kk]
-            part.sort(axis=1)  # back to (doc, position) order
-            top.add(np.take_along_axis(flat, part, axis=1), doc_ids[part // p_len], part % p_len)
+        _add_batch(top, masked, doc_ids, cfg.one_per_doc)
+        if on is not None and reader.tokens is not None:
+            ids = batch.input_ids.cpu()
+            nxt = torch.full_like(ids, -1)
+            nxt[:, :-1] = ids[:, 1:].masked_fill(~valid[:, 1:], -1)
+            here = nxt[:, :, None] == reader.tokens[None, None, :]  # [b, p, n]
+            _add_batch(on, masked.masked_fill(~here, -torch.inf), doc_ids, cfg.one_per_doc)
         if on_batch is not None:
             on_batch(len(batch.doc_ids), batch.n_tokens)
-    return _shard_table(reader.neurons, top, stats)
+    return _shard_table(reader.neurons, top, stats, on)
+
+
+def _add_batch(top: _TopK, masked: Tensor, doc_ids: np.ndarray, one_per_doc: bool) -> None:
+    """Offer one batch's activations ``[b, p, n]`` (-inf where not a candidate) to `top`."""
+    b, p_len, n = masked.shape
+    if one_per_doc:
+        v, p = masked.max(dim=1)  # [b, n]
+        top.add(
+            v.T.numpy(),
+            np.broadcast_to(doc_ids, (n, len(doc_ids))).copy(),
+            p.T.numpy().astype(np.int64),
+        )
+        return
+    flat = masked.reshape(b * p_len, n).T.numpy()  # rows in (doc, pos) order
+    kk = min(top.k, flat.shape[1])
+    part = np.argpartition(-flat, kk - 1, axis=1)[:, :kk]
+    part.sort(axis=1)  # back to (doc, position) order
+    top.add(np.take_along_axis(flat, part, axis=1), doc_ids[part // p_len], part % p_len)
 
 
 def count_documents(spec: CorpusSpec) -> int | None:
@@ -359,8 +455,10 @@ def scan_corpus(
     cfg: ScanConfig,
     shards: ShardStore | None = None,
     on_progress: Callable[[ScanProgress], None] | None = None,
+    tokens: Sequence[int] | None = None,
 ) -> ScanResult:
-    """Scan the corpus for the top-k firings of `neurons` (see the module docstring)."""
+    """Scan the corpus for the top-k firings of `neurons` (see the module docstring), and
+    the on-token firings when `tokens` gives each neuron's token."""
     if not neurons:
         raise CorpusError(
             "no neurons to scan; the neurons stage selected none (check --layers "
@@ -368,7 +466,7 @@ def scan_corpus(
         )
     bounded = cfg.bound_heap and bound_native_heap()
     try:
-        return _scan(lm, neurons, spec, cfg, shards, on_progress)
+        return _scan(lm, neurons, spec, cfg, shards, on_progress, tokens)
     finally:
         if bounded:
             bound_native_heap(RELEASED_MMAP_THRESHOLD)
@@ -381,8 +479,9 @@ def _scan(
     cfg: ScanConfig,
     shards: ShardStore | None,
     on_progress: Callable[[ScanProgress], None] | None,
+    tokens: Sequence[int] | None,
 ) -> ScanResult:
-    reader = NeuronReader(lm, neurons)
+    reader = NeuronReader(lm, neurons, tokens)
     pad = pad_id(lm)
     total_docs = count_documents(spec)
     hasher = CorpusHasher()
@@ -431,5 +530,6 @@ def _scan(
             f"the run directory holds scan shards {sorted(stale)} beyond the corpus's {i} shards; "
             "the corpus changed since the scan started: pass --overwrite scan"
         )
-    topk, stats_t = merge_shards(neurons, results, cfg.k)
+    on_token = cfg.on_token if tokens is not None else 0
+    topk, stats_t = merge_shards(neurons, results, cfg.k, on_token, cfg.on_token_fraction)
     return ScanResult(topk=topk, stats=stats_t, corpus=hasher.result())

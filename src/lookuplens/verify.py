@@ -84,6 +84,10 @@ class VerifyConfig:
     """The prompt's last tokens (the firing token and its trigger) are never cues."""
     swap_heads: int = 0
     """Heads patched per cue, by a first-order estimate of what each carries; 0: all."""
+    swap_attended: bool = True
+    """Also swap, per top prompt, the position each head verify ablates for the neuron
+    (its kept pairs and top heads) attends to most from the firing token: a far-back word
+    a head reads can escape the gradient screen."""
     top_heads: int = 1
     """Also ablate (and KS-test) each neuron's top heads by mean ``direct`` attribution,
     kept or not; 0: kept pairs only."""
@@ -204,7 +208,7 @@ def verify_run(
         if on_progress is not None:
             on_progress(done, total)
     if cfg.head_ablations and cfg.source_swap:
-        done = _cue_swaps(lm, ex, rows, clean, cfg, out, done, total, on_progress)
+        done = _cue_swaps(lm, ex, rows, clean, pairs, cfg, out, done, total, on_progress)
     effects = pa.table(
         {
             "example_id": pa.array(out["example_id"], pa.int64()),
@@ -239,6 +243,7 @@ def _cue_swaps(
     ex: pd.DataFrame,
     rows: list[_Row],
     clean: dict[int, tuple[Tensor, float]],
+    pairs: pa.Table,
     cfg: VerifyConfig,
     out: dict[str, list],
     done: int,
@@ -263,14 +268,18 @@ def _cue_swaps(
         cfg.swap_skip_last,
         cfg.swap_heads,
         cfg.batch_rows,
+        cfg.swap_attended,
     )
+    readers: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for layer, neuron, hl, h in ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total):
+        readers.setdefault((layer, neuron), []).append((hl, h))
     base = done
 
     def tick(n: int, of: int) -> None:
         if on_progress is not None:
             on_progress(base + n, total + of)
 
-    for c, head, lp, act2 in cueswap.cue_swaps(lm, tops, slots, settings, tick):
+    for c, head, lp, act2 in cueswap.cue_swaps(lm, tops, slots, settings, tick, readers):
         c_lp, c_act = clean[c.row.example_id]
         name = "cue_swap" if head is None else "head_source_swap"
         _append(out, c.row, name, c_lp, lp, c_act, act2, head, (c.position, c.replacement))

@@ -122,9 +122,9 @@ def instrumented(
                 marker.touch()
                 os._exit(1)
 
-        def scan(self, index, shard, neurons, cfg):  # type: ignore[no-untyped-def]
+        def scan(self, index, shard, neurons, cfg, tokens=None):  # type: ignore[no-untyped-def]
             self._record("scan", index)
-            table = super().scan(index, shard, neurons, cfg)
+            table = super().scan(index, shard, neurons, cfg, tokens)
             self._maybe_die(index)
             return table
 

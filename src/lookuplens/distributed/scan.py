@@ -52,9 +52,11 @@ class _Scan:
         shards: ShardStore | None,
         on_progress: Callable[[ScanProgress], None] | None,
         total_docs: int | None,
+        tokens: tuple[int, ...] | None = None,
     ) -> None:
         self.pool = pool
         self.neurons = neurons
+        self.tokens = tokens
         self.cfg = cfg
         self.store = shards
         self.on_progress = on_progress
@@ -81,7 +83,7 @@ class _Scan:
                 self.results[i] = self.store.read(i)
                 self._report(i)
             else:
-                yield Task(i, "scan", (i, packed, self.neurons, self.cfg))
+                yield Task(i, "scan", (i, packed, self.neurons, self.cfg, self.tokens))
             i += 1
             self.n_shards = i
 
@@ -124,6 +126,7 @@ def scan_corpus_ray(
     shards: ShardStore | None = None,
     on_progress: Callable[[ScanProgress], None] | None = None,
     worker_class: type[ShardWorker] = ShardWorker,
+    tokens: Sequence[int] | None = None,
 ) -> ScanResult:
     """`lookuplens.scan.scan_corpus` with the shards scanned by Ray workers.
 
@@ -134,7 +137,8 @@ def scan_corpus_ray(
     shard table to `shards` (a finished shard is read back, never recomputed, when the
     scan runs again) and merges the shards in order with `merge_shards`: the result
     equals `scan_corpus`'s for the same device and dtype. `on_progress` receives a
-    `RayScanProgress` after each shard.
+    `RayScanProgress` after each shard. `tokens` (each neuron's token) turns on the
+    on-token firings, as in `scan_corpus`.
     """
     import_ray()  # fail first when Ray is missing
     if not neurons:
@@ -153,7 +157,8 @@ def scan_corpus_ray(
             info = pool.call("model_info")
             assert isinstance(info, ModelInfo)
             log.info("scanning with %d workers on %s (%s)", plan.workers, plan.device, dtype)
-            scan = _Scan(pool, spec, info, tracked, cfg, shards, on_progress, total_docs)
+            toks = None if tokens is None else tuple(int(t) for t in tokens)
+            scan = _Scan(pool, spec, info, tracked, cfg, shards, on_progress, total_docs, toks)
             if scan.done:
                 log.info("resuming the scan: %d shards already written", len(scan.done))
             stats = pool.run(scan.tasks(), scan.on_result)
@@ -172,5 +177,11 @@ def scan_corpus_ray(
             stats.retries,
             stats.worker_deaths,
         )
-    topk, stats_t = merge_shards(list(tracked), [scan.results[i] for i in range(n)], cfg.k)
+    topk, stats_t = merge_shards(
+        list(tracked),
+        [scan.results[i] for i in range(n)],
+        cfg.k,
+        cfg.on_token if tokens is not None else 0,
+        cfg.on_token_fraction,
+    )
     return ScanResult(topk=topk, stats=stats_t, corpus=scan.hasher.result())

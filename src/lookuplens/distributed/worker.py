@@ -111,6 +111,10 @@ class TokenShard:
         return len(self.tokens)
 
 
+_ReaderKey = tuple[tuple[tuple[int, int], ...], tuple[int, ...] | None]
+"""The neurons a scan reads, and their tokens (`lookuplens.scan.NeuronReader`)."""
+
+
 class ShardWorker:
     """One model copy on one device (see the module docstring)."""
 
@@ -120,7 +124,7 @@ class ShardWorker:
         self.spec = spec
         self._error: BaseException | None = None
         self._lm: LoadedModel | None = None
-        self._readers: dict[tuple[tuple[int, int], ...], NeuronReader] = {}
+        self._readers: dict[_ReaderKey, NeuronReader] = {}
         torch.set_num_threads(max(1, spec.threads))
         try:
             self._lm = self.load()
@@ -147,12 +151,17 @@ class ShardWorker:
         return ModelInfo(self.lm.tokenizer, self.lm.max_context)
 
     def scan(
-        self, index: int, shard: TokenShard, neurons: tuple[tuple[int, int], ...], cfg: ScanConfig
+        self,
+        index: int,
+        shard: TokenShard,
+        neurons: tuple[tuple[int, int], ...],
+        cfg: ScanConfig,
+        tokens: tuple[int, ...] | None = None,
     ) -> pa.Table:
         """Shard `index`'s partial scan result (`lookuplens.scan.scan_shard`)."""
-        reader = self._readers.get(neurons)
+        reader = self._readers.get((neurons, tokens))
         if reader is None:
-            reader = self._readers[neurons] = NeuronReader(self.lm, neurons)
+            reader = self._readers[(neurons, tokens)] = NeuronReader(self.lm, neurons, tokens)
         if cfg.bound_heap:  # the worker process's memory, as in a local scan
             bound_native_heap()
         return scan_shard(reader, shard.docs(), cfg, pad_id(self.lm))

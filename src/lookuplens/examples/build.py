@@ -80,6 +80,7 @@ def build_examples(
             "tokens",
             "text",
             "trimmed_activation",
+            "on_token",
         )
     }
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
@@ -106,6 +107,7 @@ def build_examples(
         out["tokens"].append(tokens)
         out["text"].append(lm.tokenizer.decode(body).replace("\n", " "))
         out["trimmed_activation"].append(t.activation)
+        out["on_token"].append(bool(r.get("on_token", False)))
     if dropped:
         log.info("dropped %d prompts longer than %d tokens", dropped, cfg.max_prompt_tokens)
     out["kind"] = ["top"] * len(out["layer"])
@@ -130,6 +132,7 @@ def build_examples(
             "n_tokens": pa.array([len(t) for t in out["tokens"]], pa.int64()),
             "kind": pa.array(out["kind"], pa.string()),
             "read_position": pa.array(out["read_position"], pa.int64()),
+            "on_token": pa.array(out["on_token"], pa.bool_()),
         }
     )
 
@@ -171,6 +174,7 @@ def _add_contrasts(
         out["trimmed_activation"].append(float(t))
         out["kind"].append("contrast")
         out["read_position"].append(-1)
+        out["on_token"].append(False)
     log.info("added %d contrast prompts", len(found))
 
 

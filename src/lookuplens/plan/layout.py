@@ -28,8 +28,9 @@ class Layout:
     """Selected neurons per entry of `layers`."""
     baseline: tuple[int, ...]
     """Random-baseline neurons per entry of `layers`."""
-    firings: int
-    """Top firings kept per neuron (k, at most one per document, at most the documents)."""
+    firings: float
+    """Firings kept per neuron: the top k (at most one per document, at most the
+    documents) and the on-token firings expected (`Rates.on_token_found`)."""
     untrimmed: float
     """Mean untrimmed prompt length (BOS included) at a firing."""
     top_len: float
@@ -108,7 +109,8 @@ def make_layout(cfg: RunConfig, shape: ModelShape, corpus: CorpusProfile, rates:
     base = sel if cfg.neurons.n_baseline is None else cfg.neurons.n_baseline
     base = max(0, min(base, shape.d_mlp - sel))
     ex = cfg.examples
-    firings = min(cfg.scan.k, corpus.docs) if cfg.scan.one_per_doc else cfg.scan.k
+    top = min(cfg.scan.k, corpus.docs) if cfg.scan.one_per_doc else cfg.scan.k
+    firings = top + cfg.scan.on_token * rates.on_token_found
     untrimmed = _untrimmed_length(corpus.lengths, ex.max_prompt_tokens)
     top_len = max(2.0, rates.trim_keep * untrimmed)
     same = cfg.attribute.include_same_layer and not shape.parallel_residual
@@ -124,7 +126,7 @@ def make_layout(cfg: RunConfig, shape: ModelShape, corpus: CorpusProfile, rates:
         top_per_neuron=firings * rates.top_kept,
         # a contrast comes from a document other than the neuron's own top ones
         contrast_per_neuron=min(
-            ex.contrast, max(min(ex.contrast_search_docs, corpus.docs) - firings, 0)
+            ex.contrast, max(min(ex.contrast_search_docs, corpus.docs) - top, 0)
         )
         * rates.contrast_found,
         upstream=upstream,

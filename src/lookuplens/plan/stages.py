@@ -109,9 +109,8 @@ def scan_work(
     w.items.append(Item("tokens tokenised", corpus.tokens, TOKENISE_S))
     shards = math.ceil(corpus.docs / cfg.scan.shard_docs)
     w.items.append(Item("scan shards written", shards, SHARD_WRITE_S))
-    k = cfg.scan.k
     w.tables += [
-        Table("firings", n_tracked * min(k, corpus.docs), 6 * 8),
+        Table("firings", n_tracked * layout.firings, 7 * 8),
         Table("activation_stats", n_tracked, 7 * 8),
     ]
     bt = cfg.scan.batch_tokens

@@ -100,6 +100,11 @@ def verify_work(cfg: RunConfig, shape: ModelShape, layout: Layout, rates: Rates)
                 )
             )
             cands = r * min(v.swap_screen, max(lt - v.swap_skip_last - 1, 0)) * 0.9
+            if v.swap_attended:
+                # the readers' most attended positions: 0.40 of them new on the
+                # storyworld, 0.35 on the tripworld (the rest the screen took already)
+                readers = v.top_heads + v.top_heads_total + rates.kept_pairs_per_neuron
+                cands += r * min(u, readers) * 0.4
             w.passes.append(_prompt_pass("cue swaps", cands, lt, layer + 1, batch_rows=br))
             cues = r * rates.cue_rate
             cues_total += cues

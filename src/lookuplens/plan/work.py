@@ -37,6 +37,9 @@ class Rates:
     0.1 English."""
     cue_rate: float = 0.6
     """Top prompts with a cue that the cue swap finds: 0.70 storyworld, 0.48 tripworld."""
+    on_token_found: float = 0.6
+    """Share of the wanted on-token firings found (`ScanConfig.on_token`): 0.59
+    storyworld (0.78 of the selected neurons', 0.40 of the random ones')."""
     moved_read_word: float = 0.3
     """Trimmed prompts moved left to keep the top head's word (measured again)."""
 
