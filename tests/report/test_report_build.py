@@ -451,3 +451,14 @@ def test_report_renders_in_headless_chromium(report_path: Path, tmp_path: Path) 
         timeout=120,
     )
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_prompt_headers_say_which_prompts_are_on_token() -> None:
+    from lookuplens.report.details import _example_meta
+    from lookuplens.server.pages import _example_meta as served_meta
+
+    base = {"kind": "top", "rank": 31, "trimmed_activation": 1.0, "example_id": 7}
+    for meta in (_example_meta, served_meta):
+        assert "on-token" in meta({**base, "on_token": True})
+        assert "on-token" not in meta({**base, "on_token": False})
+        assert "on-token" not in meta(base)

@@ -230,6 +230,8 @@ def _example_meta(ex: Mapping[str, object]) -> str:
         parts.append("contrast (neuron silent)")
     elif not is_missing(ex.get("rank")):
         parts.append(f"rank {int(ex['rank'])}")  # type: ignore[call-overload]
+        if ex.get("on_token") is True or ex.get("on_token") == 1:
+            parts.append("on-token (its token came next)")
     parts.append(f"activation {fmt(finite(ex.get('trimmed_activation')), 3)}")
     if not is_missing(ex.get("activation")):
         parts.append(f"untrimmed {fmt(finite(ex.get('activation')), 3)}")

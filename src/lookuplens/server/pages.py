@@ -316,6 +316,8 @@ def _example_meta(ex: Mapping[str, object]) -> str:
         parts.append("contrast (neuron silent)")
     elif ex.get("rank") is not None:
         parts.append(f"rank {ex['rank']}")
+        if ex.get("on_token") is True or ex.get("on_token") == 1:
+            parts.append("on-token (its token came next)")
     parts.append(f"activation {fmt(ex.get('trimmed_activation'))}")
     if ex.get("split"):
         parts.append(str(ex["split"]))
