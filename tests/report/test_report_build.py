@@ -462,3 +462,21 @@ def test_prompt_headers_say_which_prompts_are_on_token() -> None:
         assert "on-token" in meta({**base, "on_token": True})
         assert "on-token" not in meta({**base, "on_token": False})
         assert "on-token" not in meta(base)
+
+
+def test_a_neuron_section_shows_some_of_its_on_token_prompts() -> None:
+    import pandas as pd
+
+    from lookuplens.report.data import display_order, neuron_prompts
+
+    g = pd.DataFrame(
+        {
+            "example_id": range(12),
+            "rank": [0, 1, 2, 3, 4, 5, 6, 7, 30, 31, 32, -1],
+            "kind": ["top"] * 11 + ["contrast"],
+            "on_token": [False] * 8 + [True] * 3 + [False],
+        }
+    )
+    assert neuron_prompts(display_order(g), 8) == (0, 1, 2, 3, 4, 5, 8, 9)
+    assert neuron_prompts(display_order(g.drop(columns="on_token")), 8) == tuple(range(8))
+    assert neuron_prompts(display_order(g), 3) == (0, 1, 8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +292,32 @@ def display_order(examples: pd.DataFrame) -> pd.DataFrame:
     return examples.sort_values(cols, kind="stable")
 
 
+ON_TOKEN_SHOWN = 2
+"""On-token prompts a neuron's section shows at most (in place of its weakest top ones)."""
+
+
+def pick_prompts(ids: Sequence[int], on_token: Sequence[bool], n: int) -> tuple[int, ...]:
+    """The first `n` of a neuron's example ids (in `display_order`), with up to
+    `ON_TOKEN_SHOWN` of its on-token prompts among them: a look-up that shows only where
+    the neuron's token comes next is then on the page too."""
+    on = [int(i) for i, o in zip(ids, on_token, strict=True) if o]
+    rest = [int(i) for i, o in zip(ids, on_token, strict=True) if not o]
+    k = min(ON_TOKEN_SHOWN, len(on), n // 2)
+    return (*rest[: n - k], *on[:k])
+
+
+def on_token_flags(g: pd.DataFrame) -> list[bool]:
+    """Each example's ``on_token`` (False where the table has no such column)."""
+    if "on_token" not in g.columns:
+        return [False] * len(g)
+    return [bool(x) for x in g.on_token.fillna(False)]
+
+
+def neuron_prompts(g: pd.DataFrame, n: int) -> tuple[int, ...]:
+    """`pick_prompts` of a neuron's examples `g`, in `display_order`."""
+    return pick_prompts(list(g.example_id), on_token_flags(g), n)
+
+
 def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
     """Pick the neurons (selected first, then baseline, each by congruence), the kept
     pairs (by E when scored, else by active rate near 0.5 and mean direct attribution)
@@ -316,7 +343,7 @@ def plan_report(t: RunTables, cfg: ReportConfig) -> ReportPlan:
         for row in tracked.head(cfg.max_neurons).itertuples(index=False):
             key = (int(row.layer), int(row.neuron))
             g = by_neuron.get(key)
-            ids = () if g is None else tuple(int(i) for i in g.example_id.head(cfg.max_prompts))
+            ids = () if g is None else neuron_prompts(g, cfg.max_prompts)
             info = {k: v for k, v in row._asdict().items() if not k.startswith("_")}
             n_plans.append(NeuronPlan(key[0], key[1], info, ids, 0 if g is None else len(g)))
 

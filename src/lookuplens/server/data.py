@@ -28,7 +28,9 @@ from lookuplens.report.data import (
     finite,
     load_run,
     neuron_rows,
+    on_token_flags,
     pair_rows,
+    pick_prompts,
     plan_report,
     primary_scores,
 )
@@ -147,6 +149,7 @@ class RunData:
         self.overview_html = str(overview_section(t, plan, ""))
         hist, _figures = e_histogram_section(t)
         self.histogram_html = str(hist)
+        self._on_token: set[int] = set()
         self._examples_by_neuron = self._index_examples()
         self.by_neuron: NeuronTables | None = t.by_neuron
         self._e_pair, self._e_neuron = self._e_maps()
@@ -181,6 +184,9 @@ class RunData:
             return out
         for (layer, neuron), g in display_order(ex).groupby(["layer", "neuron"], sort=False):
             out[(int(layer), int(neuron))] = tuple(int(i) for i in g.example_id)
+            self._on_token.update(
+                int(i) for i, o in zip(g.example_id, on_token_flags(g), strict=True) if o
+            )
         return out
 
     def _e_maps(self) -> tuple[dict[PairKey, float], dict[NeuronKey, float]]:
@@ -397,9 +403,12 @@ class RunData:
         return [int(x) for x in toks] if toks is not None else []  # type: ignore[attr-defined]
 
     def neuron_examples(self, layer: int, neuron: int, limit: int | None = None) -> list[int]:
-        """The neuron's prompts by firing rank."""
+        """The neuron's prompts by firing rank; with `limit`, as the report picks them
+        (`lookuplens.report.data.pick_prompts`: a few on-token prompts among them)."""
         ids = self._examples_by_neuron.get((layer, neuron), ())
-        return list(ids if limit is None else ids[:limit])
+        if limit is None:
+            return list(ids)
+        return list(pick_prompts(ids, [i in self._on_token for i in ids], limit))
 
     def _example_brief(self, example_id: int) -> dict[str, object]:
         return record(self.lookup.examples[example_id], drop=("tokens",))
