@@ -170,13 +170,13 @@ def verify_run(
         for k in cfg.scales:
             interventions.append((f"neuron_scale_{k:g}", _neuron_edit("scale", float(k))))
     head_jobs: list[tuple[_Row, tuple[int, int]]] = []
+    # each neuron's ablated heads: the head ablations, and the cue swaps' readers
+    ablated: dict[tuple[int, int], list[tuple[int, int]]] = {}
     if cfg.head_ablations:
-        by_neuron: dict[tuple[int, int], list[_Row]] = {}
-        for r in rows:
-            by_neuron.setdefault((r.layer, r.neuron), []).append(r)
         for layer, neuron, hl, h in ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total):
-            for r in by_neuron.get((layer, neuron), []):
-                head_jobs.append((r, (hl, h)))
+            ablated.setdefault((layer, neuron), []).append((hl, h))
+        for r in rows:
+            head_jobs += [(r, head) for head in ablated.get((r.layer, r.neuron), [])]
     head_jobs.sort(key=lambda j: (len(j[0].tokens), j[0].example_id, j[1]))
     total = len(rows) * (1 + len(interventions)) + len(head_jobs)
     done = 0
@@ -208,7 +208,7 @@ def verify_run(
         if on_progress is not None:
             on_progress(done, total)
     if cfg.head_ablations and cfg.source_swap:
-        done = _cue_swaps(lm, ex, rows, clean, pairs, cfg, out, done, total, on_progress)
+        done = _cue_swaps(lm, ex, rows, clean, ablated, cfg, out, done, total, on_progress)
     effects = pa.table(
         {
             "example_id": pa.array(out["example_id"], pa.int64()),
@@ -243,7 +243,7 @@ def _cue_swaps(
     ex: pd.DataFrame,
     rows: list[_Row],
     clean: dict[int, tuple[Tensor, float]],
-    pairs: pa.Table,
+    readers: dict[tuple[int, int], list[tuple[int, int]]],
     cfg: VerifyConfig,
     out: dict[str, list],
     done: int,
@@ -251,7 +251,8 @@ def _cue_swaps(
     on_progress: Callable[[int, int], None] | None,
 ) -> int:
     """``cue_swap`` and ``head_source_swap`` rows of the neurons' top prompts
-    (`lookuplens.cueswap`)."""
+    (`lookuplens.cueswap`); `readers` are each neuron's ablated heads, whose most attended
+    positions are swapped too (`VerifyConfig.swap_attended`)."""
     kind = dict(zip(ex.example_id.astype(int), ex.kind, strict=True)) if "kind" in ex else {}
     tops = [
         r for r in rows if kind.get(r.example_id, "top") == "top" and clean[r.example_id][1] > 0
@@ -270,9 +271,6 @@ def _cue_swaps(
         cfg.batch_rows,
         cfg.swap_attended,
     )
-    readers: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for layer, neuron, hl, h in ablated_pairs(pairs, cfg.top_heads, cfg.top_heads_total):
-        readers.setdefault((layer, neuron), []).append((hl, h))
     base = done
 
     def tick(n: int, of: int) -> None:

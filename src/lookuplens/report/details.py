@@ -224,14 +224,18 @@ def _prompt(
     )
 
 
+def on_token_note(ex: Mapping[str, object]) -> list[str]:
+    """The words a prompt header adds for an on-token prompt (`examples.on_token`)."""
+    return ["on-token (its token came next)"] if ex.get("on_token") == 1 else []
+
+
 def _example_meta(ex: Mapping[str, object]) -> str:
     parts = []
     if ex.get("kind") == "contrast":
         parts.append("contrast (neuron silent)")
     elif not is_missing(ex.get("rank")):
         parts.append(f"rank {int(ex['rank'])}")  # type: ignore[call-overload]
-        if ex.get("on_token") is True or ex.get("on_token") == 1:
-            parts.append("on-token (its token came next)")
+        parts += on_token_note(ex)
     parts.append(f"activation {fmt(finite(ex.get('trimmed_activation')), 3)}")
     if not is_missing(ex.get("activation")):
         parts.append(f"untrimmed {fmt(finite(ex.get('activation')), 3)}")

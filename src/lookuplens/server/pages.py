@@ -14,7 +14,13 @@ from string import Template
 from urllib.parse import urlencode
 
 from lookuplens.report.data import finite
-from lookuplens.report.details import METHOD_LABELS, NO_HEAD, effects_table, explanations_block
+from lookuplens.report.details import (
+    METHOD_LABELS,
+    NO_HEAD,
+    effects_table,
+    explanations_block,
+    on_token_note,
+)
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
 from lookuplens.report.tokens import token_pill
 from lookuplens.server.data import NEURON_SORTS, PAIR_SORTS, RunData
@@ -316,8 +322,7 @@ def _example_meta(ex: Mapping[str, object]) -> str:
         parts.append("contrast (neuron silent)")
     elif ex.get("rank") is not None:
         parts.append(f"rank {ex['rank']}")
-        if ex.get("on_token") is True or ex.get("on_token") == 1:
-            parts.append("on-token (its token came next)")
+        parts += on_token_note(ex)
     parts.append(f"activation {fmt(ex.get('trimmed_activation'))}")
     if ex.get("split"):
         parts.append(str(ex["split"]))
