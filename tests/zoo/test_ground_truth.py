@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 
+from lookuplens.store import RunDir
 from lookuplens.zoo import tripworld
-from lookuplens.zoo.ground_truth import WORLDS, _ratio_of_means
+from lookuplens.zoo.ground_truth import (
+    WORLDS,
+    _neuron_explanations,
+    _ratio_of_means,
+    names_a_cue,
+)
 from lookuplens.zoo.words import TOPICS, VOWEL_OBJECTS
 
 
@@ -31,3 +40,43 @@ def test_shares_weigh_each_prompt_by_what_the_neuron_has_to_lose() -> None:
     # (activation, drop): a prompt at 0.01 that loses 0.02 would be a share of 2 alone
     assert _ratio_of_means([(1.0, 0.5), (0.01, 0.02)]) == pytest.approx(0.52 / 1.01)
     assert _ratio_of_means([(2.0, 0.4)]) == pytest.approx(0.2)
+
+
+def test_an_explanation_names_a_cue_only_by_quoting_a_planted_cue_word() -> None:
+    cues = WORLDS["tripworld"].cues_of(" umbrella")
+    assert names_a_cue('After "her" it fires more when "spring" or "then" came earlier', cues)
+    assert names_a_cue('fires when "in April ," came earlier', cues)  # a word of a quote
+    assert not names_a_cue("fires after her when spring came earlier", cues)  # not quoted
+    assert not names_a_cue('fires when "springtime" or "winter" came earlier', cues)
+
+
+def test_the_comparison_reads_each_target_neurons_own_explanation(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "run", {"config": {}})
+    rows = [  # (layer, neuron, target, explanation)
+        (2, 5, "neuron", 'After "her" it fires more when "april" came earlier.'),
+        (2, 5, "pair", 'The head is active when the prompt contains "winter".'),
+        (2, 7, "neuron", 'The neuron fires when the prompt contains "sold".'),
+    ]
+    run.write_table(
+        "explanations",
+        pd.DataFrame(
+            {
+                "layer": [r[0] for r in rows],
+                "neuron": [r[1] for r in rows],
+                "head_layer": pd.array([None if r[2] == "neuron" else 1 for r in rows], "Int64"),
+                "head": pd.array([None if r[2] == "neuron" else 0 for r in rows], "Int64"),
+                "explainer": ["offline"] * len(rows),
+                "llm_model": [None] * len(rows),
+                "prompt_tokens": [0] * len(rows),
+                "completion_tokens": [0] * len(rows),
+                "target": [r[2] for r in rows],
+                "explanation": [r[3] for r in rows],
+                "status": ["ok"] * len(rows),
+            }
+        ),
+    )
+    names = {(2, 5): " umbrella", (2, 7): " coat", (1, 3): " hat"}
+    got = _neuron_explanations(run, WORLDS["tripworld"], names)
+    assert got["' umbrella' L2N5"]["names_a_cue"] is True
+    assert got["' coat' L2N7"]["names_a_cue"] is False  # its pair's "winter" does not count
+    assert got["' hat' L1N3"] == {"explanation": None, "names_a_cue": False}

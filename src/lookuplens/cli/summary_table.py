@@ -66,6 +66,17 @@ def print_summary(run: Any) -> None:
             "a head is cue-reading when patching it from a cue-swapped run moves the neuron)",
             highlight=False,
         )
+        named = gt.get("explanations_naming_a_cue")
+        if named is not None:
+            n = sum(
+                v.get("explanation") is not None
+                for v in (gt.get("neuron_explanations") or {}).values()
+            )
+            out.print(
+                f"ground truth: the neuron explanations of {named:.0%} of the {n} selected "
+                "neurons of planted targets quote a cue word planted for their target",
+                highlight=False,
+            )
     rows = top_pairs(run, limit=10)
     if rows:
         t = Table(title="top (neuron, head) pairs")

@@ -28,10 +28,15 @@ another cue (a head carrying "sold" from "she sold her kettle") claims a look-up
 world does not plant: it is listed as ``other_findings`` and counted neither way.
 Precision is the share of predicted pairs that are ground truth; recall the share of
 ground-truth pairs found.
+
+The neuron explanations are checked against the same cue words: for each selected neuron
+whose token is a planted target, whether its neuron explanation quotes a word that the
+world plants as a cue of that target (`explanations_naming_a_cue`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -320,6 +325,34 @@ def _ratio_of_means(pairs: list[tuple[float, float]]) -> float:
     return float(removed.mean() / act.mean())
 
 
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def names_a_cue(explanation: str, cues: Sequence[str]) -> bool:
+    """Whether `explanation` quotes one of the words `cues` (as a whole word of a quote)."""
+    words = {w.lower() for w in cues}
+    return any(w.lower() in words for q in _QUOTED.findall(explanation) for w in q.split())
+
+
+def _neuron_explanations(
+    run: RunDir, world: PlantedWorld, name_of: dict[tuple[int, int], str]
+) -> dict[str, dict[str, object]]:
+    """Per selected target neuron: its neuron explanation and whether it names a cue."""
+    if not run.has_table("explanations"):
+        return {}
+    ex = run.read_df("explanations")
+    ex = ex[(ex.target == "neuron") & (ex.status == "ok")]
+    out: dict[str, dict[str, object]] = {}
+    for (layer, neuron), token in sorted(name_of.items()):
+        rows = ex[(ex.layer == layer) & (ex.neuron == neuron)]
+        text = str(rows.explanation.iloc[0]) if len(rows) else None
+        out[f"{token!r} L{layer}N{neuron}"] = {
+            "explanation": text,
+            "names_a_cue": bool(text) and names_a_cue(str(text), world.cues_of(token)),
+        }
+    return out
+
+
 def compare(
     run: RunDir, lm: LoadedModel, cfg: GroundTruthConfig | None = None, world: str = "storyworld"
 ) -> dict[str, object]:
@@ -367,6 +400,9 @@ def compare(
         layer, neuron, hl, h = key
         return f"{name_of.get((layer, neuron), '?')!r} L{layer}N{neuron} <- L{hl}H{h}"
 
+    explained = _neuron_explanations(run, planted_world, name_of)
+    with_text = [v for v in explained.values() if v["explanation"] is not None]
+
     return {
         "world": world,
         "precision": len(hits) / len(predicted) if predicted else None,
@@ -396,4 +432,8 @@ def compare(
             for kind, a in att.items()
         },
         "min_attention": cfg.min_attention,
+        "neuron_explanations": explained,
+        "explanations_naming_a_cue": (
+            sum(bool(v["names_a_cue"]) for v in with_text) / len(with_text) if with_text else None
+        ),
     }
