@@ -48,6 +48,11 @@ def test_an_explanation_names_a_cue_only_by_quoting_a_planted_cue_word() -> None
     assert names_a_cue('fires when "in April ," came earlier', cues)  # a word of a quote
     assert not names_a_cue("fires after her when spring came earlier", cues)  # not quoted
     assert not names_a_cue('fires when "springtime" or "winter" came earlier', cues)
+    # named as what silences the neuron: not the deciding cue of its token
+    silent = 'The neuron fires when the prompt contains "packed". It is silent when the prompt'
+    assert not names_a_cue(silent + ' contains "spring" or "april".', cues)
+    assert not names_a_cue('The neuron fires unless the prompt contains "april".', cues)
+    assert names_a_cue('The neuron fires when the prompt contains "the well." or "april".', cues)
 
 
 def test_the_comparison_reads_each_target_neurons_own_explanation(tmp_path: Path) -> None:

@@ -326,12 +326,22 @@ def _ratio_of_means(pairs: list[tuple[float, float]]) -> float:
 
 
 _QUOTED = re.compile(r'"([^"]+)"')
+_SENTENCE = re.compile(r"(?<=[.)]) (?=The |After |It |From |No )")
+_AGAINST = re.compile(r"^It is (silent|inactive) when| unless ")
 
 
 def names_a_cue(explanation: str, cues: Sequence[str]) -> bool:
-    """Whether `explanation` quotes one of the words `cues` (as a whole word of a quote)."""
+    """Whether `explanation` quotes one of the words `cues` (as a whole word of a quote) as
+    something that makes the neuron fire: the sentences of the offline explainer that say
+    when it is silent ("It is silent when ...", "... unless the prompt ...") do not count."""
     words = {w.lower() for w in cues}
-    return any(w.lower() in words for q in _QUOTED.findall(explanation) for w in q.split())
+    return any(
+        w.lower() in words
+        for sentence in _SENTENCE.split(explanation)
+        if not _AGAINST.search(sentence)
+        for q in _QUOTED.findall(sentence)
+        for w in q.split()
+    )
 
 
 def _neuron_explanations(
