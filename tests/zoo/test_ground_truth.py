@@ -81,7 +81,8 @@ def test_the_comparison_reads_each_target_neurons_own_explanation(tmp_path: Path
         ),
     )
     names = {(2, 5): " umbrella", (2, 7): " coat", (1, 3): " hat"}
-    got = _neuron_explanations(run, WORLDS["tripworld"], names)
+    got = _neuron_explanations(run, WORLDS["tripworld"], names, {(2, 5)})
     assert got["' umbrella' L2N5"]["names_a_cue"] is True
+    assert got["' umbrella' L2N5"]["takes_part"] and not got["' coat' L2N7"]["takes_part"]
     assert got["' coat' L2N7"]["names_a_cue"] is False  # its pair's "winter" does not count
-    assert got["' hat' L1N3"] == {"explanation": None, "names_a_cue": False}
+    assert got["' hat' L1N3"] == {"explanation": None, "names_a_cue": False, "takes_part": False}

@@ -72,9 +72,12 @@ def print_summary(run: Any) -> None:
                 v.get("explanation") is not None
                 for v in (gt.get("neuron_explanations") or {}).values()
             )
+            part = gt.get("explanations_naming_a_cue_taking_part")
+            of_part = "" if part is None else f" ({part:.0%} of those that take part)"
             out.print(
                 f"ground truth: the neuron explanations of {named:.0%} of the {n} selected "
-                "neurons of planted targets quote a cue word planted for their target",
+                f"neurons of planted targets{of_part} quote a cue word planted for their "
+                "target",
                 highlight=False,
             )
     rows = top_pairs(run, limit=10)

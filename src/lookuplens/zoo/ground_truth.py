@@ -37,7 +37,7 @@ world plants as a cue of that target (`explanations_naming_a_cue`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,9 +345,13 @@ def names_a_cue(explanation: str, cues: Sequence[str]) -> bool:
 
 
 def _neuron_explanations(
-    run: RunDir, world: PlantedWorld, name_of: dict[tuple[int, int], str]
+    run: RunDir,
+    world: PlantedWorld,
+    name_of: dict[tuple[int, int], str],
+    taking_part: Collection[tuple[int, int]] = (),
 ) -> dict[str, dict[str, object]]:
-    """Per selected target neuron: its neuron explanation and whether it names a cue."""
+    """Per selected target neuron: its neuron explanation, whether it names a cue, and
+    whether the neuron takes part in the ground truth (fires on enough annotations)."""
     if not run.has_table("explanations"):
         return {}
     ex = run.read_df("explanations")
@@ -359,6 +363,7 @@ def _neuron_explanations(
         out[f"{token!r} L{layer}N{neuron}"] = {
             "explanation": text,
             "names_a_cue": bool(text) and names_a_cue(str(text), world.cues_of(token)),
+            "takes_part": (layer, neuron) in taking_part,
         }
     return out
 
@@ -410,8 +415,14 @@ def compare(
         layer, neuron, hl, h = key
         return f"{name_of.get((layer, neuron), '?')!r} L{layer}N{neuron} <- L{hl}H{h}"
 
-    explained = _neuron_explanations(run, planted_world, name_of)
+    explained = _neuron_explanations(
+        run, planted_world, name_of, {k for k, n in firing.items() if n >= cfg.min_annotations}
+    )
     with_text = [v for v in explained.values() if v["explanation"] is not None]
+    taking_part = [v for v in with_text if v["takes_part"]]
+
+    def share_naming(rows: list[dict[str, object]]) -> float | None:
+        return sum(bool(v["names_a_cue"]) for v in rows) / len(rows) if rows else None
 
     return {
         "world": world,
@@ -443,7 +454,6 @@ def compare(
         },
         "min_attention": cfg.min_attention,
         "neuron_explanations": explained,
-        "explanations_naming_a_cue": (
-            sum(bool(v["names_a_cue"]) for v in with_text) / len(with_text) if with_text else None
-        ),
+        "explanations_naming_a_cue": share_naming(with_text),
+        "explanations_naming_a_cue_taking_part": share_naming(taking_part),
     }
