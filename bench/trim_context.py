@@ -61,7 +61,8 @@ def main() -> None:
         pos = int(r.position)
         read_doc = first + read - (1 if bos is not None else 0)  # index into the document
         survived[int(r.layer)].append(read >= 0 and read_doc >= int(r.start))
-        kept_share.append((pos + 1 - int(r.start)) / (pos + 1 - first))
+        # a firing at the document's first token has no context to trim: all of it is kept
+        kept_share.append((pos + 1 - int(r.start)) / max(pos + 1 - first, 1))
     allv = [v for vs in survived.values() for v in vs]
     print(f"{args.run}: {len(allv)} top prompts of selected neurons")
     print(f"top head's most-read word survives trimming: {np.mean(allv):.3f}")

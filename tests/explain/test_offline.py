@@ -121,18 +121,25 @@ def test_neuron_tasks_contrast_firing_and_other_contexts(tiny_lm, run_dir):
     assert stats["neurons"]["baseline"]["n"] == 1 and stats["pairs"]["selected"]["rows"] == 0
 
 
-def test_a_neuron_without_non_firing_contexts_is_reported(tiny_lm, run_dir):
+def _set_activations(run_dir, neuron: int, values) -> None:
+    """Give `neuron`'s examples the activations `values(k)` (k: its k-th example)."""
     examples = run_dir.read_table("examples")
-    acts = [
-        0.0 if n == 7 else a
-        for n, a in zip(
-            examples.column("neuron").to_pylist(),
-            examples.column("trimmed_activation").to_pylist(),
-            strict=True,
-        )
-    ]
+    acts, k = [], 0
+    for n, a in zip(
+        examples.column("neuron").to_pylist(),
+        examples.column("trimmed_activation").to_pylist(),
+        strict=True,
+    ):
+        if n == neuron:
+            a, k = values(k), k + 1
+        acts.append(a)
     i = examples.column_names.index("trimmed_activation")
     run_dir.write_table("examples", examples.set_column(i, "trimmed_activation", pa.array(acts)))
+
+
+def test_a_neuron_without_non_firing_contexts_is_reported(tiny_lm, run_dir):
+    # the median is 0, so nothing counts as non-firing; one prompt fires, so it is not silent
+    _set_activations(run_dir, 7, lambda k: 0.5 if k == 0 else 0.0)
     cfg = TaskConfig(targets="neurons")
     table = explain_run(tiny_lm, run_dir, ExplainConfig(tasks=cfg))
     row = _rows(table)[(1, 7, None, None)]
@@ -142,6 +149,26 @@ def test_a_neuron_without_non_firing_contexts_is_reported(tiny_lm, run_dir):
     row = _rows(scores)[(1, 7, None, None)]
     assert row["status"] == "one_class" and row["balanced_accuracy"] is None
     assert stats["neurons"]["selected"]["unscored"] == {"one_class": 1}
+
+
+@pytest.mark.parametrize("values", [lambda k: 0.0, lambda k: -0.01 * (k + 1)])
+def test_a_neuron_that_never_fires_is_not_explained(tiny_lm, run_dir, values):
+    """At most 0 on all its strongest prompts: status ``silent`` in both stages, for the
+    neuron and for its pairs, instead of an explanation fitted to noise."""
+    _set_activations(run_dir, 7, values)
+    table = explain_run(tiny_lm, run_dir, ExplainConfig())
+    rows = [r for k, r in _rows(table).items() if k[:2] == (1, 7)]
+    assert {r["target"] for r in rows} == {"neuron", "pair"}
+    for row in rows:
+        assert row["status"] == "silent" and row["explanation"] is None
+        assert "never fires" in row["note"]
+    others = [r for k, r in _rows(table).items() if k[:2] != (1, 7)]
+    assert others and all(r["status"] != "silent" for r in others)
+    run_dir.write_table("explanations", table)
+    scores, stats = score_run(tiny_lm, run_dir, ScoreConfig())
+    rows = [r for k, r in _rows(scores).items() if k[:2] == (1, 7)]
+    assert rows and all(r["status"] == "silent" and r["balanced_accuracy"] is None for r in rows)
+    assert stats["neurons"]["selected"]["unscored"] == {"silent": 1}
 
 
 def test_offline_simulator_refuses_llm_explanations(tiny_lm, run_dir):

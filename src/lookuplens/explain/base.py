@@ -19,10 +19,18 @@ if TYPE_CHECKING:
     from lookuplens.store import RunDir
 
 Status = Literal[
-    "ok", "malformed", "request_failed", "budget", "one_class", "no_explanation", "unsupported"
+    "ok",
+    "malformed",
+    "request_failed",
+    "budget",
+    "one_class",
+    "no_explanation",
+    "unsupported",
+    "silent",
 ]
 """Outcome of explaining or scoring one task. Only ``ok`` rows carry an explanation or a
-score; the others say why not (``note`` has the detail)."""
+score; the others say why not (``note`` has the detail). ``silent``: the neuron never
+fires on its prompts (`silent_note`), so there is nothing to explain."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,20 @@ class Task:
         """``L11N2034`` or ``L11N2034/L9H3``."""
         name = f"L{self.layer}N{self.neuron}"
         return name if self.head is None else f"{name}/L{self.head_layer}H{self.head}"
+
+
+def silent_note(task: Task) -> str | None:
+    """Why `task` has nothing to explain, or None: its neuron's activation is at most 0
+    on every prompt where it was measured (its strongest firings included), so the
+    neuron never fires on them. Scale-free: a layer whose neurons fire at 1e-4 still
+    fires."""
+    acts = [it.activation for it in (*task.train, *task.test) if it.activation is not None]
+    if not acts or max(acts) > 0:
+        return None
+    return (
+        f"the neuron never fires on its strongest prompts (largest activation {max(acts):.3g}"
+        " <= 0): nothing to explain"
+    )
 
 
 @dataclass(frozen=True)

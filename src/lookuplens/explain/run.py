@@ -7,7 +7,8 @@ and LLM answers are cached on disk, so an interrupted stage reruns at no LLM cos
 
 Every task gets a row, also when it could not be explained or scored: ``status`` says
 why (``one_class``, ``malformed``, ``request_failed``, ``budget``, ``no_explanation``,
-``unsupported``) and ``note`` gives the detail; such rows have a null explanation or a
+``unsupported``, ``silent``: the neuron never fires on its prompts) and ``note`` gives the
+detail; such rows have a null explanation or a
 null balanced accuracy. Neuron tasks have null ``head_layer`` and ``head``.
 """
 
@@ -28,6 +29,7 @@ from lookuplens.explain.base import (
     SimulationResult,
     StoredExplanation,
     Task,
+    silent_note,
 )
 from lookuplens.explain.config import ExplainConfig, OfflineConfig, ScoreConfig
 from lookuplens.explain.errors import ExplainConfigError
@@ -154,7 +156,12 @@ def explain_run(
     rows: list[dict[str, Any]] = []
     _progress(on_progress, 0, len(tasks))
     for i, task in enumerate(tasks):
-        res = explainer.explain(task)
+        silent = silent_note(task)
+        res = (
+            ExplanationResult(None, "silent", note=silent)
+            if silent is not None
+            else explainer.explain(task)
+        )
         rows.append(_explanation_row(task, cfg.explainer, res))
         _progress(on_progress, i + 1, len(tasks))
     _log_done("explain", rows, env)
@@ -301,7 +308,10 @@ def score_stage(
             "scheme": scheme,
         }
         expl = explanations.get(task.key)
-        if n_pos == 0 or n_pos == len(task.test):
+        silent = silent_note(task)
+        if silent is not None:
+            row |= {"status": "silent", "note": silent}
+        elif n_pos == 0 or n_pos == len(task.test):
             what = "active" if n_pos else "inactive"
             row |= {
                 "status": "one_class",
