@@ -86,10 +86,10 @@ def test_topic_fix_removes_one_objects_lookup_and_ranks_the_head_by_its_cost(
 
 
 def test_greedy_combination_meets_what_no_single_head_edit_does(tmp_path: Path) -> None:
-    """The tripworld's " umbrella" look-up is carried by several heads: no head zeroed
-    alone removes 30% of p(" umbrella"); the greedy combination of head edits does."""
+    """The tripworld's " scarf" look-up is carried by several heads: no head zeroed
+    alone removes 30% of p(" scarf"); the greedy combination of head edits does."""
     r = run_fix(
-        _inputs(tmp_path, "tripworld", " umbrella", 30, side_tokens=2048, naive=False),
+        _inputs(tmp_path, "tripworld", " scarf", 30, side_tokens=2048, naive=False),
         FixSettings(require=0.3, kinds=("head",), decompose=8),
     )
     singles = [c for c in r["candidates"] if c["origin"] == "single"]

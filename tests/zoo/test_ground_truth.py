@@ -61,6 +61,7 @@ def test_the_comparison_reads_each_target_neurons_own_explanation(tmp_path: Path
         (2, 5, "neuron", 'After "her" it fires more when "april" came earlier.'),
         (2, 5, "pair", 'The head is active when the prompt contains "winter".'),
         (2, 7, "neuron", 'The neuron fires when the prompt contains "sold".'),
+        (0, 1, "neuron", None),
     ]
     run.write_table(
         "explanations",
@@ -76,13 +77,15 @@ def test_the_comparison_reads_each_target_neurons_own_explanation(tmp_path: Path
                 "completion_tokens": [0] * len(rows),
                 "target": [r[2] for r in rows],
                 "explanation": [r[3] for r in rows],
-                "status": ["ok"] * len(rows),
+                "status": ["ok" if r[3] else "silent" for r in rows],
             }
         ),
     )
-    names = {(2, 5): " umbrella", (2, 7): " coat", (1, 3): " hat"}
+    names = {(2, 5): " umbrella", (2, 7): " coat", (1, 3): " hat", (0, 1): " scarf"}
     got = _neuron_explanations(run, WORLDS["tripworld"], names, {(2, 5)})
     assert got["' umbrella' L2N5"]["names_a_cue"] is True
     assert got["' umbrella' L2N5"]["takes_part"] and not got["' coat' L2N7"]["takes_part"]
     assert got["' coat' L2N7"]["names_a_cue"] is False  # its pair's "winter" does not count
-    assert got["' hat' L1N3"] == {"explanation": None, "names_a_cue": False, "takes_part": False}
+    none = {"explanation": None, "names_a_cue": False, "takes_part": False}
+    assert got["' hat' L1N3"] == none | {"status": None}  # no row at all
+    assert got["' scarf' L0N1"] == none | {"status": "silent"}

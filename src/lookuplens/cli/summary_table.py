@@ -66,18 +66,18 @@ def print_summary(run: Any) -> None:
             "a head is cue-reading when patching it from a cue-swapped run moves the neuron)",
             highlight=False,
         )
-        named = gt.get("explanations_naming_a_cue")
-        if named is not None:
-            n = sum(
-                v.get("explanation") is not None
-                for v in (gt.get("neuron_explanations") or {}).values()
-            )
-            part = gt.get("explanations_naming_a_cue_taking_part")
-            of_part = "" if part is None else f" ({part:.0%} of those that take part)"
+        entries = list((gt.get("neuron_explanations") or {}).values())
+        explained = [v for v in entries if v.get("explanation") is not None]
+        if explained:
+            named = sum(bool(v.get("names_a_cue")) for v in explained)
+            part = [v for v in explained if v.get("takes_part")]
+            silent = sum(v.get("status") == "silent" for v in entries)
             out.print(
-                f"ground truth: the neuron explanations of {named:.0%} of the {n} selected "
-                f"neurons of planted targets{of_part} quote a cue word planted for their "
-                "target",
+                f"ground truth: {named} of the {len(explained)} explained next-token neurons "
+                f"of planted targets ({sum(bool(v.get('names_a_cue')) for v in part)} of "
+                f"the {len(part)} that fire on the planted predictions) are explained by a "
+                "cue word planted for their target"
+                + (f"; {silent} more never fire on the corpus (status silent)" if silent else ""),
                 highlight=False,
             )
     rows = top_pairs(run, limit=10)

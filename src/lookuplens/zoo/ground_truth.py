@@ -350,18 +350,21 @@ def _neuron_explanations(
     name_of: dict[tuple[int, int], str],
     taking_part: Collection[tuple[int, int]] = (),
 ) -> dict[str, dict[str, object]]:
-    """Per selected target neuron: its neuron explanation, whether it names a cue, and
-    whether the neuron takes part in the ground truth (fires on enough annotations)."""
+    """Per selected target neuron: its neuron explanation (None unless its status is
+    ``ok``; ``silent`` when the neuron never fires), whether it names a cue, and whether
+    the neuron takes part in the ground truth (fires on enough annotations)."""
     if not run.has_table("explanations"):
         return {}
     ex = run.read_df("explanations")
-    ex = ex[(ex.target == "neuron") & (ex.status == "ok")]
+    ex = ex[ex.target == "neuron"]
     out: dict[str, dict[str, object]] = {}
     for (layer, neuron), token in sorted(name_of.items()):
         rows = ex[(ex.layer == layer) & (ex.neuron == neuron)]
-        text = str(rows.explanation.iloc[0]) if len(rows) else None
+        status = str(rows.status.iloc[0]) if len(rows) else None
+        text = str(rows.explanation.iloc[0]) if status == "ok" else None
         out[f"{token!r} L{layer}N{neuron}"] = {
             "explanation": text,
+            "status": status,
             "names_a_cue": bool(text) and names_a_cue(str(text), world.cues_of(token)),
             "takes_part": (layer, neuron) in taking_part,
         }
