@@ -90,8 +90,10 @@ def silent_note(task: Task) -> str | None:
     acts = [it.activation for it in (*task.train, *task.test) if it.activation is not None]
     if not acts or max(acts) > 0:
         return None
+    top = max(acts)
+    shown = "0" if top == 0 else f"{top:.3g}"  # -0.0 reads as 0
     return (
-        f"the neuron never fires on its strongest prompts (largest activation {max(acts):.3g}"
+        f"the neuron never fires on its strongest prompts (largest activation {shown}"
         " <= 0): nothing to explain"
     )
 
