@@ -113,3 +113,13 @@ def test_effects_table_explains_the_source_swap_only_when_it_is_shown() -> None:
         [{"intervention": "zero", **base}, {"intervention": "head_source_swap L0H2", **base}]
     )
     assert "head_source_swap L0H2" in swapped and caption in swapped
+
+
+def test_a_neuron_never_fires_when_its_largest_activation_is_at_most_zero() -> None:
+    from lookuplens.report.details import never_fires
+
+    assert never_fires({"act_max": 0.0}) and never_fires({"act_max": -0.0})
+    assert never_fires({"act_max": -0.02})
+    assert not never_fires({"act_max": 1e-4})  # a layer that fires small still fires
+    assert not never_fires({"act_max": float("nan")}) and not never_fires({})
+    assert not never_fires(None)

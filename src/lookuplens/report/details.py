@@ -224,6 +224,20 @@ def _prompt(
     )
 
 
+NEVER_FIRES_BADGE = (
+    '<span class="badge" title="its largest activation on the scanned corpus is at most 0: '
+    'nothing to explain, and its attribution shares are shares of nothing">'
+    "never fires on the corpus</span>"
+)
+
+
+def never_fires(stats: Mapping[str, object] | None) -> bool:
+    """The neuron's largest activation on the scanned corpus (`activation_stats.act_max`)
+    is at most 0: it never fires there (the explain stage's status ``silent``)."""
+    top = None if stats is None else finite(stats.get("act_max"))
+    return top is not None and top <= 0
+
+
 def on_token_note(ex: Mapping[str, object]) -> list[str]:
     """The words a prompt header adds for an on-token prompt (`examples.on_token`)."""
     return ["on-token (its token came next)"] if ex.get("on_token") == 1 else []
@@ -507,7 +521,10 @@ def neuron_section(
         f'<section class="card neuron" id="{neuron_anchor(*p.key)}">',
         f"<h3>{p.name} {token_pill(token)} <span class='badge {group}'>{group}</span>",
     ]
-    if mech:
+    silent = never_fires(lookup.stats.get(p.key))
+    if silent:
+        head.append(" " + NEVER_FIRES_BADGE)
+    elif mech:
         head.append(
             f' <span class="badge" title="how the attribution is spread over heads">'
             f"mechanism: {esc(mech)}</span>"

@@ -16,9 +16,11 @@ from urllib.parse import urlencode
 from lookuplens.report.data import finite
 from lookuplens.report.details import (
     METHOD_LABELS,
+    NEVER_FIRES_BADGE,
     NO_HEAD,
     effects_table,
     explanations_block,
+    never_fires,
     on_token_note,
 )
 from lookuplens.report.markup import Html, esc, fmt, kv, note, table
@@ -358,7 +360,9 @@ def neuron_page(data: RunData, layer: int, neuron: int) -> str:
         f'<header class="top"><h1>L{layer}N{neuron} {token_pill(s.get("token"))} '
         f'<span class="badge {esc(group)}">{esc(group)}</span>'
     ]
-    if s.get("mechanism"):
+    if never_fires(stats):
+        head.append(" " + NEVER_FIRES_BADGE)
+    elif s.get("mechanism"):
         head.append(f' <span class="badge">mechanism: {esc(s["mechanism"])}</span>')
     if s.get("best_e") is not None:
         head.append(f' <span class="badge score">best E {esc(fmt(s["best_e"]))}</span>')
